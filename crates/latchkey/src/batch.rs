@@ -1,0 +1,140 @@
+//! Atomic write batches.
+
+use crate::error::{Error, Result};
+use crate::options::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
+
+/// One change in a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at: u64,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+}
+
+impl Op {
+    pub(crate) fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// A set of writes applied all or nothing: after a crash, either every
+/// change of the batch is there or none is.
+///
+/// ```
+/// # fn main() -> latchkey::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let db = latchkey::Db::open(dir.path(), latchkey::Options::default())?;
+/// let mut batch = latchkey::WriteBatch::new();
+/// batch.put(b"from", b"90").delete(b"pending").put(b"to", b"110");
+/// db.write(batch)?;
+/// assert_eq!(db.get(b"to")?.as_deref(), Some(&b"110"[..]));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub(crate) ops: Vec<Op>,
+    bytes: usize,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
+        self.put_with_expiry(key, value, 0)
+    }
+
+    /// Sets `key` to `value` until `expires_at` (milliseconds since the Unix
+    /// epoch; 0 means never). Once that time has passed the key reads as
+    /// absent, and merge or compaction reclaims its space.
+    pub fn put_with_expiry(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        expires_at: u64,
+    ) -> &mut Self {
+        let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
+        self.bytes += key.len() + value.len();
+        self.ops.push(Op::Put {
+            key,
+            value,
+            expires_at,
+        });
+        self
+    }
+
+    /// Deletes `key` (no error if it is absent).
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
+        let key = key.as_ref().to_vec();
+        self.bytes += key.len();
+        self.ops.push(Op::Delete { key });
+        self
+    }
+
+    /// The number of changes in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True if the batch holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes of keys and values in the batch.
+    pub fn size_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Removes every change.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+        self.bytes = 0;
+    }
+
+    /// Checks every key and value against the limits.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.bytes > MAX_BATCH_BYTES {
+            return Err(Error::TooLarge {
+                what: "batch",
+                len: self.bytes,
+                max: MAX_BATCH_BYTES,
+            });
+        }
+        for op in &self.ops {
+            check_key(op.key())?;
+            if let Op::Put { value, .. } = op {
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(Error::TooLarge {
+                        what: "value",
+                        len: value.len(),
+                        max: MAX_VALUE_LEN,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a key against the limits (keys may be empty).
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::TooLarge {
+            what: "key",
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The `Db` facade: one API over every engine.
+
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{check_key, WriteBatch};
+use crate::error::{Error, Result};
+use crate::options::{Engine, Options};
+
+/// A key and its value, as yielded by [`Db::scan`].
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// An ordered iterator over a range of keys, from [`Db::scan`]. It reads a
+/// consistent snapshot taken when it was made: later writes are not seen.
+/// It runs forwards, and backwards with `.rev()`.
+pub struct Iter {
+    inner: Box<dyn DoubleEndedIterator<Item = Result<KeyValue>> + Send>,
+}
+
+impl Iter {
+    pub(crate) fn new(inner: Box<dyn DoubleEndedIterator<Item = Result<KeyValue>> + Send>) -> Self {
+        Iter { inner }
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<KeyValue>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next()
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.inner.next_back()
+    }
+}
+
+/// Figures an engine reports about itself.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The engine's name.
+    pub engine: &'static str,
+    /// Live keys (expired keys not yet reclaimed included).
+    pub keys: u64,
+    /// Bytes of all data files on disk.
+    pub disk_bytes: u64,
+    /// Bytes of records still live in those files.
+    pub live_bytes: u64,
+    /// Data files.
+    pub files: u64,
+    /// Writes (single puts, deletes, or batches) accepted since open.
+    pub writes: u64,
+    /// Bytes of keys and values the user wrote since open.
+    pub user_bytes_written: u64,
+    /// Bytes the engine wrote to disk since open (logs, merges, hints).
+    pub disk_bytes_written: u64,
+    /// fsyncs of the log since open.
+    pub syncs: u64,
+    /// Merges or compactions finished since open.
+    pub merges: u64,
+}
+
+impl Stats {
+    /// Bytes on disk per byte of live data (1.0 is perfect).
+    pub fn space_amplification(&self) -> f64 {
+        self.disk_bytes as f64 / self.live_bytes.max(1) as f64
+    }
+
+    /// Bytes written to disk per byte the user wrote.
+    pub fn write_amplification(&self) -> f64 {
+        self.disk_bytes_written as f64 / self.user_bytes_written.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "engine:               {}", self.engine)?;
+        writeln!(f, "keys:                 {}", self.keys)?;
+        writeln!(f, "files:                {}", self.files)?;
+        writeln!(f, "disk bytes:           {}", self.disk_bytes)?;
+        writeln!(f, "live bytes:           {}", self.live_bytes)?;
+        writeln!(f, "space amplification:  {:.2}", self.space_amplification())?;
+        writeln!(f, "writes since open:    {}", self.writes)?;
+        writeln!(f, "user bytes written:   {}", self.user_bytes_written)?;
+        writeln!(f, "disk bytes written:   {}", self.disk_bytes_written)?;
+        writeln!(f, "write amplification:  {:.2}", self.write_amplification())?;
+        writeln!(f, "fsyncs since open:    {}", self.syncs)?;
+        write!(f, "merges since open:    {}", self.merges)
+    }
+}
+
+/// What every engine implements; `Db` forwards to it.
+pub(crate) trait Store: Send + Sync {
+    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>>;
+    fn write(&self, batch: &WriteBatch) -> Result<()>;
+    fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter>;
+    fn sync(&self) -> Result<()>;
+    fn compact(&self) -> Result<()>;
+    fn stats(&self) -> Stats;
+    fn close(&self) -> Result<()>;
+    fn active_log(&self) -> Option<PathBuf>;
+}
+
+/// A latchkey database: a directory of files owned by one process.
+///
+/// `Db` is cheap to clone (a reference count) and may be shared between
+/// threads. All clones refer to the same open database; it is closed when
+/// the last clone is dropped, or by [`Db::close`].
+///
+/// ```
+/// # fn main() -> latchkey::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use latchkey::{Db, Options};
+/// let db = Db::open(dir.path(), Options::default())?;
+/// db.put(b"cat-video:1", b"42")?;
+/// assert_eq!(db.get(b"cat-video:1")?, Some(b"42".to_vec()));
+/// for item in db.scan::<&[u8], _>(..)? {
+///     let (key, value) = item?;
+///     println!("{key:?} = {value:?}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    store: Arc<dyn Store>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name of the file that says which engine owns a directory.
+pub const IDENTITY_FILE: &str = "IDENTITY";
+
+/// Which engine made the data directory at `dir`, or `None` if the
+/// directory does not exist or holds no latchkey data.
+pub fn identify(dir: &Path) -> Result<Option<Engine>> {
+    let path = dir.join(IDENTITY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let engine = text
+        .lines()
+        .find_map(|l| l.strip_prefix("engine="))
+        .ok_or_else(|| Error::corruption(&path, 0, "no engine= line"))?;
+    engine.parse().map(Some).map_err(|_| Error::Incompatible {
+        path: dir.to_owned(),
+        reason: format!("made by engine {engine:?}, which this build does not have"),
+    })
+}
+
+fn prepare_dir(dir: &Path, opts: &Options) -> Result<()> {
+    if !dir.exists() {
+        if !opts.create_if_missing {
+            return Err(Error::InvalidArgument(format!(
+                "{} does not exist (set create_if_missing to create it)",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    match identify(dir)? {
+        Some(e) if e == opts.engine => Ok(()),
+        Some(e) => Err(Error::Incompatible {
+            path: dir.to_owned(),
+            reason: format!(
+                "holds a {e} database; it cannot be opened with the {} engine",
+                opts.engine
+            ),
+        }),
+        None => {
+            let others = crate::fs::list(dir)?
+                .into_iter()
+                .any(|n| n != crate::fs::LOCK_FILE);
+            if others {
+                return Err(Error::Incompatible {
+                    path: dir.to_owned(),
+                    reason: "not empty and not a latchkey data directory (no IDENTITY file)".into(),
+                });
+            }
+            let text = format!(
+                "latchkey\nengine={}\nformat={}\n",
+                opts.engine,
+                crate::log::FORMAT_VERSION
+            );
+            crate::fs::write_atomic(dir, IDENTITY_FILE, text.as_bytes())
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn to_owned_bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Vec<u8>> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database in directory `path`, recovering from
+    /// any crash: a write torn at the end of the newest log is cut off, and
+    /// damage anywhere else is an error naming the file and offset.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        let dir = path.as_ref();
+        opts.validate()?;
+        prepare_dir(dir, &opts)?;
+        let store: Arc<dyn Store> = match opts.engine {
+            Engine::Hash => Arc::new(crate::hash::HashStore::open(dir, opts.clone())?),
+        };
+        Ok(Db {
+            store,
+            engine: opts.engine,
+        })
+    }
+
+    /// The engine behind this database.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The value of `key`, or `None` if it is absent or expired.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_with_expiry(key)?.map(|(v, _)| v))
+    }
+
+    /// The value of `key` and its expiry time (milliseconds since the Unix
+    /// epoch, 0 for none), or `None` if it is absent or expired.
+    pub fn get_with_expiry(&self, key: impl AsRef<[u8]>) -> Result<Option<(Vec<u8>, u64)>> {
+        check_key(key.as_ref())?;
+        self.store.get(key.as_ref(), now_ms())
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put(key, value);
+        self.write(b)
+    }
+
+    /// Sets `key` to `value` until `expires_at` (ms since the Unix epoch, 0 = never).
+    pub fn put_with_expiry(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        expires_at: u64,
+    ) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.put_with_expiry(key, value, expires_at);
+        self.write(b)
+    }
+
+    /// Deletes `key`; deleting an absent key is not an error.
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let mut b = WriteBatch::new();
+        b.delete(key);
+        self.write(b)
+    }
+
+    /// Applies every change of `batch`, or none. Under `Sync::Always` the
+    /// batch is durable when this returns.
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch.validate()?;
+        self.store.write(&batch)
+    }
+
+    /// The live keys in `range`, in order, with their values.
+    ///
+    /// On the `hash` engine a scan costs a pass over every key in memory
+    /// plus a sort of the matching keys; values are read as the iterator
+    /// reaches them.
+    pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<Iter> {
+        let range = (
+            to_owned_bound(range.start_bound()),
+            to_owned_bound(range.end_bound()),
+        );
+        self.store.scan(range, now_ms())
+    }
+
+    /// Makes every write so far durable, whatever the sync policy.
+    pub fn sync(&self) -> Result<()> {
+        self.store.sync()
+    }
+
+    /// Runs a merge or compaction now and waits for it.
+    pub fn compact(&self) -> Result<()> {
+        self.store.compact()
+    }
+
+    /// Figures about the engine and its files.
+    pub fn stats(&self) -> Stats {
+        self.store.stats()
+    }
+
+    /// Syncs, stops background work and closes the database for every clone
+    /// of this handle (their later calls fail with [`Error::Closed`]). The
+    /// directory lock is released once the last clone is dropped.
+    pub fn close(self) -> Result<()> {
+        self.store.close()
+    }
+
+    /// The log file that new writes go to (for crash tests and tools).
+    #[doc(hidden)]
+    pub fn active_log_path(&self) -> Option<PathBuf> {
+        self.store.active_log()
+    }
+}

@@ -1,0 +1,502 @@
+//! The `hash` engine: Bitcask. An in-memory hash index (the keydir) over
+//! append-only log segments.
+//!
+//! - Every write appends records to the active segment and then points the
+//!   keydir at them; a read is one keydir lookup and one positioned read.
+//! - A delete appends a tombstone and drops the key from the keydir.
+//! - Merge ([`merge`]) rewrites closed segments without dead records and
+//!   writes a hint file beside each output, so that startup
+//!   ([`recovery`]) can load keys without reading values.
+//!
+//! Locks, always taken in this order: `merge_lock`, `writer`, `keydir`,
+//! `segments`. Readers take only `keydir` then `segments`, both shared.
+
+mod keydir;
+mod merge;
+mod recovery;
+mod segment;
+
+pub(crate) use recovery::check;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::batch::{Op, WriteBatch};
+use crate::codec::{Kind, Record};
+use crate::db::{Iter, KeyValue, Stats, Store};
+use crate::error::{Error, Result};
+use crate::fs::DirLock;
+use crate::log::{FileKind, LogWriter};
+use crate::options::{Options, Sync};
+
+use keydir::{KeyDir, Loc};
+use segment::{SegId, Segment};
+
+/// The appending side: the active segment and the sequence counter.
+struct Writer {
+    log: LogWriter,
+    active: Arc<Segment>,
+    next_seq: u64,
+    /// Generation of the active segment.
+    generation: u64,
+    /// Record bytes appended since open (a log sequence number for syncing).
+    lsn: u64,
+    buf: Vec<u8>,
+    offsets: Vec<(u64, u32)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    user_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    syncs: AtomicU64,
+    merges: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    keydir: RwLock<KeyDir>,
+    segments: RwLock<BTreeMap<SegId, Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    sync_lock: Mutex<()>,
+    synced_lsn: AtomicU64,
+    poison: Mutex<Option<String>>,
+    closed: AtomicBool,
+    merge_lock: Mutex<()>,
+    counters: Counters,
+    _lock: DirLock,
+}
+
+/// The `hash` engine behind a `Db`.
+pub(crate) struct HashStore {
+    inner: Arc<Inner>,
+    background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl HashStore {
+    pub(crate) fn open(dir: &Path, opts: Options) -> Result<HashStore> {
+        let lock = crate::fs::lock_dir(dir)?;
+        let started = Instant::now();
+        let r = recovery::recover(dir, &opts)?;
+        tracing::info!(
+            dir = %dir.display(),
+            keys = r.keydir.map.len(),
+            segments = r.segments.len(),
+            hinted = r.hinted,
+            scanned = r.scanned,
+            ms = started.elapsed().as_millis() as u64,
+            "hash engine opened"
+        );
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            opts,
+            keydir: RwLock::new(r.keydir),
+            segments: RwLock::new(r.segments),
+            writer: Mutex::new(Writer {
+                log: r.log,
+                active: r.active,
+                next_seq: r.next_seq,
+                generation: r.generation,
+                lsn: 0,
+                buf: Vec::new(),
+                offsets: Vec::new(),
+            }),
+            sync_lock: Mutex::new(()),
+            synced_lsn: AtomicU64::new(0),
+            poison: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            merge_lock: Mutex::new(()),
+            counters: Counters::default(),
+            _lock: lock,
+        });
+        let (tx, rx) = mpsc::channel();
+        let bg = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("latchkey-hash-bg".into())
+            .spawn(move || bg.background(rx))
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(HashStore {
+            inner,
+            background: Mutex::new(Some((tx, handle))),
+        })
+    }
+
+    fn stop_background(&self) {
+        if let Some((tx, handle)) = self.background.lock().take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for HashStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the hash engine failed");
+        }
+    }
+}
+
+impl Store for HashStore {
+    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        self.inner.check_open()?;
+        self.inner.get(key, now_ms)
+    }
+
+    fn write(&self, batch: &WriteBatch) -> Result<()> {
+        let lsn = self.inner.append(batch)?;
+        if self.inner.opts.sync == Sync::Always {
+            self.inner.sync_to(lsn)?;
+        }
+        Ok(())
+    }
+
+    fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter> {
+        self.inner.check_open()?;
+        Ok(self.inner.scan(range, now_ms))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.check_open()?;
+        let lsn = self.inner.writer.lock().lsn;
+        self.inner.sync_to(lsn)
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.inner.check_open()?;
+        merge::merge(&self.inner).map(|_| ())
+    }
+
+    fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    fn close(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.stop_background();
+        let result = if self.inner.poison.lock().is_some() {
+            Ok(())
+        } else {
+            let lsn = self.inner.writer.lock().lsn;
+            self.inner.sync_to(lsn)
+        };
+        self.inner.closed.store(true, Ordering::Release);
+        result
+    }
+
+    fn active_log(&self) -> Option<PathBuf> {
+        Some(self.inner.writer.lock().active.path().to_owned())
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.check_open()?;
+        match &*self.poison.lock() {
+            Some(cause) => Err(Error::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records that a write or fsync failed: nothing more is written until
+    /// the database is reopened, because what reached the disk is unknown.
+    fn poison(&self, e: &Error) {
+        tracing::error!(error = %e, "write failure: the database now refuses writes");
+        self.poison.lock().get_or_insert_with(|| e.to_string());
+    }
+
+    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        // The keydir lock is held while the segment is looked up, so a merge
+        // (which repoints keys before it drops segments) cannot slip between.
+        let (loc, seg) = {
+            let kd = self.keydir.read();
+            let Some(loc) = kd.map.get(key) else {
+                return Ok(None);
+            };
+            if loc.expired(now_ms) {
+                return Ok(None);
+            }
+            (*loc, self.segments.read().get(&loc.seg).cloned())
+        };
+        let seg = seg.ok_or_else(|| {
+            Error::corruption(
+                &self.dir,
+                loc.offset,
+                format!(
+                    "index points at missing segment {}",
+                    segment::data_name(loc.seg)
+                ),
+            )
+        })?;
+        let value = seg.read_value(key, loc.offset, loc.len)?;
+        Ok(Some((value, loc.expires_at)))
+    }
+
+    fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Iter {
+        let (mut items, segments) = {
+            let kd = self.keydir.read();
+            let items: Vec<(Vec<u8>, Loc)> = kd
+                .map
+                .iter()
+                .filter(|(k, loc)| !loc.expired(now_ms) && range_contains(&range, k))
+                .map(|(k, loc)| (k.to_vec(), *loc))
+                .collect();
+            (items, self.segments.read().clone())
+        };
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let read = move |(key, loc): (Vec<u8>, Loc)| -> Result<KeyValue> {
+            let seg = segments.get(&loc.seg).ok_or_else(|| {
+                Error::corruption(
+                    segment::data_name(loc.seg),
+                    loc.offset,
+                    "segment missing during scan",
+                )
+            })?;
+            let value = seg.read_value(&key, loc.offset, loc.len)?;
+            Ok((key, value))
+        };
+        Iter::new(Box::new(items.into_iter().map(read)))
+    }
+
+    /// Appends a batch to the active segment and points the keydir at it.
+    /// Returns the log position that must be synced for it to be durable.
+    fn append(&self, batch: &WriteBatch) -> Result<u64> {
+        let mut guard = self.writer.lock();
+        self.check_writable()?;
+        let w = &mut *guard;
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        encode_batch(batch, seq, &mut w.buf, &mut w.offsets);
+        if w.log.len() + w.buf.len() as u64 > self.opts.segment_size && !w.log.is_empty() {
+            self.rotate(w)?;
+        }
+        let base = match w.log.append(&w.buf) {
+            Ok(at) => at,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
+        w.lsn += w.buf.len() as u64;
+        w.active.set_size(w.log.len());
+        let seg = w.active.id;
+        {
+            let mut kd = self.keydir.write();
+            for (op, &(rel, len)) in batch.ops.iter().zip(&w.offsets) {
+                match op {
+                    Op::Put {
+                        key, expires_at, ..
+                    } => {
+                        let loc = Loc {
+                            seg,
+                            offset: base + rel,
+                            len,
+                            seq,
+                            expires_at: *expires_at,
+                        };
+                        kd.put(key, loc);
+                    }
+                    Op::Delete { key } => kd.remove(key),
+                }
+            }
+        }
+        let c = &self.counters;
+        c.writes.fetch_add(1, Ordering::Relaxed);
+        c.user_bytes
+            .fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
+        c.disk_bytes
+            .fetch_add(w.buf.len() as u64, Ordering::Relaxed);
+        Ok(w.lsn)
+    }
+
+    /// Seals the active segment (synced) and starts the next generation's.
+    fn rotate(&self, w: &mut Writer) -> Result<()> {
+        if let Err(e) = w.log.sync() {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.synced_lsn.fetch_max(w.lsn, Ordering::AcqRel);
+        let generation = w.generation + 1;
+        let id = segment::active_id(generation);
+        let log = LogWriter::create(&segment::data_path(&self.dir, id), FileKind::Data)?;
+        crate::fs::sync_dir(&self.dir)?;
+        let active = Arc::new(Segment::open(&self.dir, id)?);
+        self.segments.write().insert(id, Arc::clone(&active));
+        w.log = log;
+        w.active = active;
+        w.generation = generation;
+        Ok(())
+    }
+
+    /// Makes the log durable up to `lsn`. Concurrent callers share one
+    /// fsync: whoever holds `sync_lock` syncs everything written so far.
+    fn sync_to(&self, lsn: u64) -> Result<()> {
+        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let _leader = self.sync_lock.lock();
+        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let (active, target) = {
+            let w = self.writer.lock();
+            (Arc::clone(&w.active), w.lsn)
+        };
+        // Older segments were synced when they were sealed.
+        if let Err(e) = active.file().sync_data() {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
+        self.synced_lsn.fetch_max(target, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        let (keys, live) = {
+            let kd = self.keydir.read();
+            (kd.map.len() as u64, kd.live.values().sum())
+        };
+        let segs = self.segments.read();
+        let c = &self.counters;
+        Stats {
+            engine: "hash",
+            keys,
+            disk_bytes: segs.values().map(|s| s.size()).sum(),
+            live_bytes: live,
+            files: segs.len() as u64,
+            writes: c.writes.load(Ordering::Relaxed),
+            user_bytes_written: c.user_bytes.load(Ordering::Relaxed),
+            disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
+            syncs: c.syncs.load(Ordering::Relaxed),
+            merges: c.merges.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Dead bytes and total bytes over all segments.
+    fn garbage(&self) -> (u64, u64) {
+        let kd = self.keydir.read();
+        let segs = self.segments.read();
+        let total: u64 = segs.values().map(|s| s.size()).sum();
+        let live: u64 = kd.live.values().sum();
+        (total.saturating_sub(live), total)
+    }
+
+    /// The background thread: interval syncs and automatic merges, until
+    /// the sender side of `stop` is dropped.
+    fn background(&self, stop: mpsc::Receiver<()>) {
+        let sync_every = match self.opts.sync {
+            Sync::Interval(ms) => Some(Duration::from_millis(ms)),
+            _ => None,
+        };
+        let tick = sync_every.map_or(self.opts.background_interval, |s| {
+            s.min(self.opts.background_interval)
+        });
+        let mut last_sync = Instant::now();
+        let mut last_merge_check = Instant::now();
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
+            if sync_every.is_some_and(|every| last_sync.elapsed() >= every) {
+                last_sync = Instant::now();
+                let lsn = self.writer.lock().lsn;
+                if let Err(e) = self.sync_to(lsn) {
+                    tracing::error!(error = %e, "interval sync failed");
+                }
+            }
+            if last_merge_check.elapsed() >= self.opts.background_interval {
+                last_merge_check = Instant::now();
+                let (dead, total) = self.garbage();
+                let due = dead >= self.opts.merge_min_dead_bytes
+                    && dead as f64 >= self.opts.merge_dead_ratio * total as f64;
+                if due && self.poison.lock().is_none() {
+                    if let Err(e) = merge::merge(self) {
+                        tracing::error!(error = %e, "background merge failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Encodes a batch as records: a single change alone, several between
+/// batch markers. `offsets` gets each change's (offset in `buf`, length).
+fn encode_batch(batch: &WriteBatch, seq: u64, buf: &mut Vec<u8>, offsets: &mut Vec<(u64, u32)>) {
+    buf.clear();
+    offsets.clear();
+    let marked = batch.ops.len() > 1;
+    let marker = |kind, buf: &mut Vec<u8>| {
+        Record {
+            kind,
+            seq,
+            expires_at: 0,
+            key: &[],
+            value: &(batch.ops.len() as u32).to_le_bytes(),
+        }
+        .encode_into(buf)
+    };
+    if marked {
+        marker(Kind::BatchBegin, buf);
+    }
+    for op in &batch.ops {
+        let start = buf.len();
+        let rec = match op {
+            Op::Put {
+                key,
+                value,
+                expires_at,
+            } => Record {
+                kind: Kind::Put,
+                seq,
+                expires_at: *expires_at,
+                key,
+                value,
+            },
+            Op::Delete { key } => Record {
+                kind: Kind::Delete,
+                seq,
+                expires_at: 0,
+                key,
+                value: &[],
+            },
+        };
+        rec.encode_into(buf);
+        offsets.push((start as u64, (buf.len() - start) as u32));
+    }
+    if marked {
+        marker(Kind::BatchEnd, buf);
+    }
+}
+
+fn range_contains(range: &(Bound<Vec<u8>>, Bound<Vec<u8>>), key: &[u8]) -> bool {
+    let lo = match &range.0 {
+        Bound::Included(s) => key >= s.as_slice(),
+        Bound::Excluded(s) => key > s.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let hi = match &range.1 {
+        Bound::Included(e) => key <= e.as_slice(),
+        Bound::Excluded(e) => key < e.as_slice(),
+        Bound::Unbounded => true,
+    };
+    lo && hi
+}

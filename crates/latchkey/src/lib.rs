@@ -1,0 +1,44 @@
+//! # latchkey
+//!
+//! A durable key-value store with three storage engines behind one API,
+//! and fencing tokens that the store itself enforces.
+//!
+//! ```
+//! # fn main() -> latchkey::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! use latchkey::{Db, Engine, Options, Sync};
+//!
+//! let db = Db::open(dir.path(), Options { engine: Engine::Hash, sync: Sync::Always, ..Options::default() })?;
+//! db.put(b"plays:cat.mp4", b"1")?;
+//! let n: u64 = String::from_utf8_lossy(&db.get(b"plays:cat.mp4")?.unwrap()).parse().unwrap();
+//! db.put(b"plays:cat.mp4", (n + 1).to_string())?;
+//! assert_eq!(db.get(b"plays:cat.mp4")?, Some(b"2".to_vec()));
+//! db.delete(b"plays:cat.mp4")?;
+//! assert_eq!(db.get(b"plays:cat.mp4")?, None);
+//! # Ok(()) }
+//! ```
+//!
+//! Engines:
+//! - [`Engine::Hash`]: Bitcask, an in-memory hash index over append-only
+//!   log segments, with background merge and hint files.
+//!
+//! Durability is chosen per database with [`Sync`]; every record carries a
+//! CRC32C checksum and damaged data is reported, never returned.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod batch;
+pub mod check;
+pub mod codec;
+mod db;
+mod error;
+pub mod fs;
+mod hash;
+pub mod log;
+mod options;
+
+pub use batch::WriteBatch;
+pub use check::{check, CheckReport};
+pub use db::{identify, now_ms, Db, Iter, KeyValue, Stats, IDENTITY_FILE};
+pub use error::{Error, Result};
+pub use options::{Engine, Options, Sync, MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};

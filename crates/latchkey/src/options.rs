@@ -1,0 +1,137 @@
+//! How a database is opened: engine, durability policy, limits.
+
+use std::time::Duration;
+
+/// The storage engine behind a [`Db`](crate::Db). Chosen when a directory is
+/// created; a directory always reopens with the engine that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Engine {
+    /// Bitcask: an in-memory hash index over append-only log segments.
+    /// Best for many writes to a set of keys that fits in memory. Range scans
+    /// cost a pass over every key plus a sort of the matches.
+    Hash,
+}
+
+impl Engine {
+    /// The engine's name as written in the directory and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Hash => "hash",
+        }
+    }
+
+    /// Every engine this build has.
+    pub fn all() -> &'static [Engine] {
+        &[Engine::Hash]
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Engine::all()
+            .iter()
+            .copied()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash)"))
+            })
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When writes are made durable with fsync. `docs/ENGINES.md` says exactly
+/// what each policy can lose in a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Every write or batch is on stable storage before it returns.
+    /// Concurrent writers share one fsync (group commit).
+    Always,
+    /// A background thread fsyncs every this many milliseconds; a crash of
+    /// the machine can lose the writes of the last interval.
+    Interval(u64),
+    /// Never fsync on its own (only on `sync()`, rotation and close); a crash
+    /// of the machine can lose everything since the last sync. A crash of
+    /// the process alone loses nothing that was acknowledged.
+    Never,
+}
+
+/// Options for [`Db::open`](crate::Db::open).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The engine used when the directory is created. Opening an existing
+    /// directory with another engine is an error.
+    pub engine: Engine,
+    /// The durability policy.
+    pub sync: Sync,
+    /// Create the directory if it does not exist.
+    pub create_if_missing: bool,
+    /// A log segment is closed and a new one started once it reaches this
+    /// many bytes (a single batch larger than this gets a segment of its own).
+    pub segment_size: u64,
+    /// `hash`: merge starts by itself when this fraction of the bytes in
+    /// closed segments is dead (overwritten, deleted or expired).
+    pub merge_dead_ratio: f64,
+    /// `hash`: and when at least this many bytes are dead.
+    pub merge_min_dead_bytes: u64,
+    /// How often the background thread looks at the merge trigger.
+    pub background_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            engine: Engine::Hash,
+            sync: Sync::Always,
+            create_if_missing: true,
+            segment_size: 64 << 20,
+            merge_dead_ratio: 0.5,
+            merge_min_dead_bytes: 16 << 20,
+            background_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Options {
+    /// Default options for `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Options {
+            engine,
+            ..Options::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        if self.segment_size < 4096 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "segment_size {} is below the minimum of 4096 bytes",
+                self.segment_size
+            )));
+        }
+        if !(self.merge_dead_ratio > 0.0 && self.merge_dead_ratio <= 1.0) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "merge_dead_ratio {} must be in (0, 1]",
+                self.merge_dead_ratio
+            )));
+        }
+        if let Sync::Interval(0) = self.sync {
+            return Err(crate::Error::InvalidArgument(
+                "Sync::Interval(0): use Sync::Always".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The largest key, in bytes.
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+/// The largest value, in bytes.
+pub const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
+/// The largest total of keys and values in one batch, in bytes.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024 * 1024;

@@ -1,0 +1,237 @@
+//! The engine-agnostic conformance suite. Every engine must pass it
+//! unchanged: random operations checked against a `BTreeMap` model, with
+//! reopens, merges and simulated crashes (the newest log cut at a random
+//! offset inside a write that was in flight) in between.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use latchkey::{Db, Engine, WriteBatch};
+use proptest::prelude::*;
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+    Batch(Vec<(u8, Option<Vec<u8>>)>),
+    Get(u8),
+    Scan(u8, u8, bool),
+    Reopen,
+    Merge,
+    /// A batch in flight when the machine lost power: the newest log is
+    /// cut at `cut` (a fraction) of the way through the batch's bytes.
+    Crash(Vec<(u8, Option<Vec<u8>>)>, f64),
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("key{k:03}").into_bytes()
+}
+
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => proptest::collection::vec(any::<u8>(), 0..100),
+        1 => proptest::collection::vec(any::<u8>(), 1000..3000),
+    ]
+}
+
+fn changes() -> impl Strategy<Value = Vec<(u8, Option<Vec<u8>>)>> {
+    proptest::collection::vec((0u8..40, proptest::option::weighted(0.8, value())), 1..8)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        30 => (0u8..40, value()).prop_map(|(k, v)| Op::Put(k, v)),
+        8 => (0u8..40).prop_map(Op::Delete),
+        8 => changes().prop_map(Op::Batch),
+        15 => (0u8..40).prop_map(Op::Get),
+        4 => (0u8..40, 0u8..40, any::<bool>()).prop_map(|(a, b, rev)| Op::Scan(a, b, rev)),
+        2 => Just(Op::Reopen),
+        3 => Just(Op::Merge),
+        3 => (changes(), 0.0f64..=1.0).prop_map(|(c, f)| Op::Crash(c, f)),
+    ]
+}
+
+fn batch_of(changes: &[(u8, Option<Vec<u8>>)]) -> WriteBatch {
+    let mut b = WriteBatch::new();
+    for (k, v) in changes {
+        match v {
+            Some(v) => b.put(key(*k), v),
+            None => b.delete(key(*k)),
+        };
+    }
+    b
+}
+
+fn apply(model: &mut Model, changes: &[(u8, Option<Vec<u8>>)]) {
+    for (k, v) in changes {
+        match v {
+            Some(v) => model.insert(key(*k), v.clone()),
+            None => model.remove(&key(*k)),
+        };
+    }
+}
+
+fn assert_same(db: &Db, model: &Model) {
+    let all: Vec<_> = db
+        .scan::<&[u8], _>(..)
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if all != want {
+        let show = |kv: &[(Vec<u8>, Vec<u8>)]| -> Vec<String> {
+            kv.iter()
+                .map(|(k, v)| format!("{}={}b", String::from_utf8_lossy(k), v.len()))
+                .collect()
+        };
+        let (got, exp) = (show(&all), show(&want));
+        let extra: Vec<_> = got.iter().filter(|g| !exp.contains(g)).collect();
+        let missing: Vec<_> = exp.iter().filter(|e| !got.contains(e)).collect();
+        panic!("full scan differs from the model: unexpected {extra:?}, missing {missing:?}");
+    }
+    for (k, v) in model {
+        assert_eq!(db.get(k).unwrap().as_ref(), Some(v));
+    }
+}
+
+fn run(engine: Engine, ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::small_options(engine, false);
+    let mut db = Db::open(dir.path(), opts.clone()).unwrap();
+    let mut model = Model::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                db.put(key(k), &v).unwrap();
+                model.insert(key(k), v);
+            }
+            Op::Delete(k) => {
+                db.delete(key(k)).unwrap();
+                model.remove(&key(k));
+            }
+            Op::Batch(changes) => {
+                db.write(batch_of(&changes)).unwrap();
+                apply(&mut model, &changes);
+            }
+            Op::Get(k) => assert!(
+                db.get(key(k)).unwrap() == model.get(&key(k)).cloned(),
+                "get key{k:03}"
+            ),
+            Op::Scan(a, b, rev) => {
+                let (lo, hi) = (key(a.min(b)), key(a.max(b)));
+                let range = (Bound::Included(lo.clone()), Bound::Excluded(hi.clone()));
+                let it = db.scan(range.clone()).unwrap();
+                let got: Vec<_> = if rev {
+                    it.rev().map(|r| r.unwrap()).collect()
+                } else {
+                    it.map(|r| r.unwrap()).collect()
+                };
+                let mut want: Vec<_> = model
+                    .range(range)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if rev {
+                    want.reverse();
+                }
+                assert!(
+                    got == want,
+                    "scan {a}..{b} rev={rev}: got {} entries, want {}",
+                    got.len(),
+                    want.len()
+                );
+            }
+            Op::Reopen => {
+                drop(db);
+                db = Db::open(dir.path(), opts.clone()).unwrap();
+                assert_same(&db, &model);
+            }
+            Op::Merge => {
+                db.compact().unwrap();
+                assert_same(&db, &model);
+            }
+            Op::Crash(changes, fraction) => {
+                let path = db.active_log_path().unwrap();
+                let len_before = common::file_len(&path);
+                db.write(batch_of(&changes)).unwrap();
+                let path_after = db.active_log_path().unwrap();
+                let before = if path_after == path { len_before } else { 0 };
+                let after = common::file_len(&path_after);
+                drop(db);
+                let keep = before + ((after - before) as f64 * fraction) as u64;
+                common::cut(&path_after, keep);
+                db = Db::open(dir.path(), opts.clone()).unwrap();
+                if keep == after {
+                    apply(&mut model, &changes);
+                }
+                assert_same(&db, &model);
+            }
+        }
+    }
+    drop(db);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_same(&db, &model);
+    let report = latchkey::check::check(dir.path(), &mut |_, _| {}).ok();
+    drop(db);
+    let report =
+        report.unwrap_or_else(|| latchkey::check::check(dir.path(), &mut |_, _| {}).unwrap());
+    assert!(report.is_clean(), "check found damage: {:?}", report.damage);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn model_based_random_operations(ops in proptest::collection::vec(op(), 1..150)) {
+        for &engine in Engine::all() {
+            run(engine, ops.clone());
+        }
+    }
+}
+
+/// A batch torn at every byte offset is wholly absent; whole, wholly there.
+#[test]
+fn batch_torn_at_every_offset_is_all_or_nothing() {
+    for &engine in Engine::all() {
+        let src = tempfile::tempdir().unwrap();
+        let opts = common::small_options(engine, false);
+        let db = Db::open(src.path(), opts.clone()).unwrap();
+        db.put(b"before", b"kept").unwrap();
+        let path = db.active_log_path().unwrap();
+        let before = common::file_len(&path);
+        let mut b = WriteBatch::new();
+        b.put(b"a", b"1")
+            .delete(b"before")
+            .put(b"c", vec![7u8; 300]);
+        db.write(b).unwrap();
+        let after = common::file_len(&path);
+        drop(db);
+        for keep in before..=after {
+            let dir = tempfile::tempdir().unwrap();
+            common::copy_dir(src.path(), dir.path());
+            common::cut(&dir.path().join(path.file_name().unwrap()), keep);
+            let db = Db::open(dir.path(), opts.clone()).unwrap();
+            let got = (
+                db.get(b"a").unwrap(),
+                db.get(b"before").unwrap(),
+                db.get(b"c").unwrap(),
+            );
+            if keep == after {
+                assert_eq!(
+                    got,
+                    (Some(b"1".to_vec()), None, Some(vec![7u8; 300])),
+                    "{engine} cut at {keep}"
+                );
+            } else {
+                assert_eq!(
+                    got,
+                    (None, Some(b"kept".to_vec()), None),
+                    "{engine} cut at {keep}"
+                );
+            }
+        }
+    }
+}
