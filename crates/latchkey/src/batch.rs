@@ -6,14 +6,8 @@ use crate::options::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 /// One change in a [`WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Op {
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        expires_at: u64,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
+    Put { key: Vec<u8>, value: Vec<u8>, expires_at: u64 },
+    Delete { key: Vec<u8> },
 }
 
 impl Op {
@@ -57,19 +51,10 @@ impl WriteBatch {
     /// Sets `key` to `value` until `expires_at` (milliseconds since the Unix
     /// epoch; 0 means never). Once that time has passed the key reads as
     /// absent, and merge or compaction reclaims its space.
-    pub fn put_with_expiry(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-        expires_at: u64,
-    ) -> &mut Self {
+    pub fn put_with_expiry(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, expires_at: u64) -> &mut Self {
         let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
         self.bytes += key.len() + value.len();
-        self.ops.push(Op::Put {
-            key,
-            value,
-            expires_at,
-        });
+        self.ops.push(Op::Put { key, value, expires_at });
         self
     }
 
@@ -105,21 +90,13 @@ impl WriteBatch {
     /// Checks every key and value against the limits.
     pub(crate) fn validate(&self) -> Result<()> {
         if self.bytes > MAX_BATCH_BYTES {
-            return Err(Error::TooLarge {
-                what: "batch",
-                len: self.bytes,
-                max: MAX_BATCH_BYTES,
-            });
+            return Err(Error::TooLarge { what: "batch", len: self.bytes, max: MAX_BATCH_BYTES });
         }
         for op in &self.ops {
             check_key(op.key())?;
             if let Op::Put { value, .. } = op {
                 if value.len() > MAX_VALUE_LEN {
-                    return Err(Error::TooLarge {
-                        what: "value",
-                        len: value.len(),
-                        max: MAX_VALUE_LEN,
-                    });
+                    return Err(Error::TooLarge { what: "value", len: value.len(), max: MAX_VALUE_LEN });
                 }
             }
         }
@@ -130,11 +107,7 @@ impl WriteBatch {
 /// Checks a key against the limits (keys may be empty).
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     if key.len() > MAX_KEY_LEN {
-        return Err(Error::TooLarge {
-            what: "key",
-            len: key.len(),
-            max: MAX_KEY_LEN,
-        });
+        return Err(Error::TooLarge { what: "key", len: key.len(), max: MAX_KEY_LEN });
     }
     Ok(())
 }

@@ -37,12 +37,8 @@ impl CheckReport {
 /// anything. Takes the directory's lock, so it fails with
 /// [`Error::Locked`] while a process has the database open.
 pub fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckReport> {
-    let engine = identify(dir)?.ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{} is not a latchkey data directory",
-            dir.display()
-        ))
-    })?;
+    let engine = identify(dir)?
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a latchkey data directory", dir.display())))?;
     let _lock = crate::fs::lock_dir(dir)?;
     match engine {
         Engine::Hash => crate::hash::check(dir, progress),

@@ -131,9 +131,7 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db")
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
+        f.debug_struct("Db").field("engine", &self.engine).finish_non_exhaustive()
     }
 }
 
@@ -173,26 +171,17 @@ fn prepare_dir(dir: &Path, opts: &Options) -> Result<()> {
         Some(e) if e == opts.engine => Ok(()),
         Some(e) => Err(Error::Incompatible {
             path: dir.to_owned(),
-            reason: format!(
-                "holds a {e} database; it cannot be opened with the {} engine",
-                opts.engine
-            ),
+            reason: format!("holds a {e} database; it cannot be opened with the {} engine", opts.engine),
         }),
         None => {
-            let others = crate::fs::list(dir)?
-                .into_iter()
-                .any(|n| n != crate::fs::LOCK_FILE);
+            let others = crate::fs::list(dir)?.into_iter().any(|n| n != crate::fs::LOCK_FILE);
             if others {
                 return Err(Error::Incompatible {
                     path: dir.to_owned(),
                     reason: "not empty and not a latchkey data directory (no IDENTITY file)".into(),
                 });
             }
-            let text = format!(
-                "latchkey\nengine={}\nformat={}\n",
-                opts.engine,
-                crate::log::FORMAT_VERSION
-            );
+            let text = format!("latchkey\nengine={}\nformat={}\n", opts.engine, crate::log::FORMAT_VERSION);
             crate::fs::write_atomic(dir, IDENTITY_FILE, text.as_bytes())
         }
     }
@@ -200,9 +189,7 @@ fn prepare_dir(dir: &Path, opts: &Options) -> Result<()> {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn to_owned_bound<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Vec<u8>> {
@@ -224,10 +211,7 @@ impl Db {
         let store: Arc<dyn Store> = match opts.engine {
             Engine::Hash => Arc::new(crate::hash::HashStore::open(dir, opts.clone())?),
         };
-        Ok(Db {
-            store,
-            engine: opts.engine,
-        })
+        Ok(Db { store, engine: opts.engine })
     }
 
     /// The engine behind this database.
@@ -255,12 +239,7 @@ impl Db {
     }
 
     /// Sets `key` to `value` until `expires_at` (ms since the Unix epoch, 0 = never).
-    pub fn put_with_expiry(
-        &self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-        expires_at: u64,
-    ) -> Result<()> {
+    pub fn put_with_expiry(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>, expires_at: u64) -> Result<()> {
         let mut b = WriteBatch::new();
         b.put_with_expiry(key, value, expires_at);
         self.write(b)
@@ -289,10 +268,7 @@ impl Db {
     /// plus a sort of the matching keys; values are read as the iterator
     /// reaches them.
     pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<Iter> {
-        let range = (
-            to_owned_bound(range.start_bound()),
-            to_owned_bound(range.end_bound()),
-        );
+        let range = (to_owned_bound(range.start_bound()), to_owned_bound(range.end_bound()));
         self.store.scan(range, now_ms())
     }
 

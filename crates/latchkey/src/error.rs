@@ -53,9 +53,7 @@ pub enum Error {
     },
 
     /// Another `Db` (in this process or another) has the directory open.
-    #[error(
-        "the data directory {path} is in use by another latchkey process or handle; close it first"
-    )]
+    #[error("the data directory {path} is in use by another latchkey process or handle; close it first")]
     Locked {
         /// The data directory.
         path: PathBuf,
@@ -94,23 +92,12 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// Damage found in `path` at `offset`.
-    pub(crate) fn corruption(
-        path: impl Into<PathBuf>,
-        offset: u64,
-        reason: impl Into<String>,
-    ) -> Self {
-        Error::Corruption {
-            path: path.into(),
-            offset,
-            reason: reason.into(),
-        }
+    pub(crate) fn corruption(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+        Error::Corruption { path: path.into(), offset, reason: reason.into() }
     }
 
     /// True if this error reports damaged data.

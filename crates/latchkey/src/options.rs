@@ -34,9 +34,7 @@ impl std::str::FromStr for Engine {
             .iter()
             .copied()
             .find(|e| e.name() == s)
-            .ok_or_else(|| {
-                crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash)"))
-            })
+            .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash)")))
     }
 }
 
@@ -101,10 +99,7 @@ impl Default for Options {
 impl Options {
     /// Default options for `engine`.
     pub fn new(engine: Engine) -> Self {
-        Options {
-            engine,
-            ..Options::default()
-        }
+        Options { engine, ..Options::default() }
     }
 
     pub(crate) fn validate(&self) -> crate::Result<()> {
@@ -121,9 +116,7 @@ impl Options {
             )));
         }
         if let Sync::Interval(0) = self.sync {
-            return Err(crate::Error::InvalidArgument(
-                "Sync::Interval(0): use Sync::Always".into(),
-            ));
+            return Err(crate::Error::InvalidArgument("Sync::Interval(0): use Sync::Always".into()));
         }
         Ok(())
     }

@@ -76,17 +76,11 @@ fn apply(model: &mut Model, changes: &[(u8, Option<Vec<u8>>)]) {
 }
 
 fn assert_same(db: &Db, model: &Model) {
-    let all: Vec<_> = db
-        .scan::<&[u8], _>(..)
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let all: Vec<_> = db.scan::<&[u8], _>(..).unwrap().map(|r| r.unwrap()).collect();
     let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if all != want {
         let show = |kv: &[(Vec<u8>, Vec<u8>)]| -> Vec<String> {
-            kv.iter()
-                .map(|(k, v)| format!("{}={}b", String::from_utf8_lossy(k), v.len()))
-                .collect()
+            kv.iter().map(|(k, v)| format!("{}={}b", String::from_utf8_lossy(k), v.len())).collect()
         };
         let (got, exp) = (show(&all), show(&want));
         let extra: Vec<_> = got.iter().filter(|g| !exp.contains(g)).collect();
@@ -117,32 +111,18 @@ fn run(engine: Engine, ops: Vec<Op>) {
                 db.write(batch_of(&changes)).unwrap();
                 apply(&mut model, &changes);
             }
-            Op::Get(k) => assert!(
-                db.get(key(k)).unwrap() == model.get(&key(k)).cloned(),
-                "get key{k:03}"
-            ),
+            Op::Get(k) => assert!(db.get(key(k)).unwrap() == model.get(&key(k)).cloned(), "get key{k:03}"),
             Op::Scan(a, b, rev) => {
                 let (lo, hi) = (key(a.min(b)), key(a.max(b)));
                 let range = (Bound::Included(lo.clone()), Bound::Excluded(hi.clone()));
                 let it = db.scan(range.clone()).unwrap();
-                let got: Vec<_> = if rev {
-                    it.rev().map(|r| r.unwrap()).collect()
-                } else {
-                    it.map(|r| r.unwrap()).collect()
-                };
-                let mut want: Vec<_> = model
-                    .range(range)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let got: Vec<_> =
+                    if rev { it.rev().map(|r| r.unwrap()).collect() } else { it.map(|r| r.unwrap()).collect() };
+                let mut want: Vec<_> = model.range(range).map(|(k, v)| (k.clone(), v.clone())).collect();
                 if rev {
                     want.reverse();
                 }
-                assert!(
-                    got == want,
-                    "scan {a}..{b} rev={rev}: got {} entries, want {}",
-                    got.len(),
-                    want.len()
-                );
+                assert!(got == want, "scan {a}..{b} rev={rev}: got {} entries, want {}", got.len(), want.len());
             }
             Op::Reopen => {
                 drop(db);
@@ -176,8 +156,7 @@ fn run(engine: Engine, ops: Vec<Op>) {
     assert_same(&db, &model);
     let report = latchkey::check::check(dir.path(), &mut |_, _| {}).ok();
     drop(db);
-    let report =
-        report.unwrap_or_else(|| latchkey::check::check(dir.path(), &mut |_, _| {}).unwrap());
+    let report = report.unwrap_or_else(|| latchkey::check::check(dir.path(), &mut |_, _| {}).unwrap());
     assert!(report.is_clean(), "check found damage: {:?}", report.damage);
 }
 
@@ -203,9 +182,7 @@ fn batch_torn_at_every_offset_is_all_or_nothing() {
         let path = db.active_log_path().unwrap();
         let before = common::file_len(&path);
         let mut b = WriteBatch::new();
-        b.put(b"a", b"1")
-            .delete(b"before")
-            .put(b"c", vec![7u8; 300]);
+        b.put(b"a", b"1").delete(b"before").put(b"c", vec![7u8; 300]);
         db.write(b).unwrap();
         let after = common::file_len(&path);
         drop(db);
@@ -214,23 +191,11 @@ fn batch_torn_at_every_offset_is_all_or_nothing() {
             common::copy_dir(src.path(), dir.path());
             common::cut(&dir.path().join(path.file_name().unwrap()), keep);
             let db = Db::open(dir.path(), opts.clone()).unwrap();
-            let got = (
-                db.get(b"a").unwrap(),
-                db.get(b"before").unwrap(),
-                db.get(b"c").unwrap(),
-            );
+            let got = (db.get(b"a").unwrap(), db.get(b"before").unwrap(), db.get(b"c").unwrap());
             if keep == after {
-                assert_eq!(
-                    got,
-                    (Some(b"1".to_vec()), None, Some(vec![7u8; 300])),
-                    "{engine} cut at {keep}"
-                );
+                assert_eq!(got, (Some(b"1".to_vec()), None, Some(vec![7u8; 300])), "{engine} cut at {keep}");
             } else {
-                assert_eq!(
-                    got,
-                    (None, Some(b"kept".to_vec()), None),
-                    "{engine} cut at {keep}"
-                );
+                assert_eq!(got, (None, Some(b"kept".to_vec()), None), "{engine} cut at {keep}");
             }
         }
     }

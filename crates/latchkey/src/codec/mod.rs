@@ -34,10 +34,8 @@ pub enum Kind {
     BatchBegin = 3,
     /// Closes the batch opened by the last `BatchBegin` with the same seq.
     BatchEnd = 4,
-    /// A hint: `key` lives in the data segment at the offset and length in
-    /// the value (u64 offset, u32 length).
-    Hint = 5,
-    /// Engine metadata (merge commits, hint footers); meaning by file kind.
+    /// Engine metadata (merge commits); meaning by file kind. (Kind 5 is
+    /// reserved: it was never written by a release.)
     Meta = 6,
     /// The store's highest fencing token for the lock named by `key`
     /// (value: u64 token). Written in the same batch as a fenced write.
@@ -51,7 +49,6 @@ impl Kind {
             2 => Kind::Delete,
             3 => Kind::BatchBegin,
             4 => Kind::BatchEnd,
-            5 => Kind::Hint,
             6 => Kind::Meta,
             7 => Kind::Fence,
             _ => return None,
@@ -153,9 +150,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     let body = body_len(header)?;
     let total = HEADER_LEN + body;
     let Some(rec) = buf.get(..total) else {
-        return Err(DecodeError::Incomplete {
-            needed: Some(total),
-        });
+        return Err(DecodeError::Incomplete { needed: Some(total) });
     };
     let stored = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
     if checksum(rec) != stored {
@@ -192,13 +187,7 @@ fn parse_body(body: &[u8]) -> Result<Record<'_>, DecodeError> {
         return Err(DecodeError::Malformed("key length exceeds the record"));
     }
     let (key, value) = rest.split_at(klen);
-    Ok(Record {
-        kind,
-        seq,
-        expires_at,
-        key,
-        value,
-    })
+    Ok(Record { kind, seq, expires_at, key, value })
 }
 
 /// A little-endian u64 from the start of `b`, if it has 8 bytes.
@@ -217,14 +206,7 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut out = Vec::new();
-        Record {
-            kind: Kind::Put,
-            seq: 7,
-            expires_at: 99,
-            key: b"key",
-            value: b"value",
-        }
-        .encode_into(&mut out);
+        Record { kind: Kind::Put, seq: 7, expires_at: 99, key: b"key", value: b"value" }.encode_into(&mut out);
         out
     }
 
@@ -241,10 +223,7 @@ mod tests {
     fn every_prefix_is_incomplete() {
         let buf = sample();
         for cut in 0..buf.len() {
-            assert!(
-                matches!(decode(&buf[..cut]), Err(DecodeError::Incomplete { .. })),
-                "cut {cut}"
-            );
+            assert!(matches!(decode(&buf[..cut]), Err(DecodeError::Incomplete { .. })), "cut {cut}");
         }
     }
 

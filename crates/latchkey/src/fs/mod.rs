@@ -20,38 +20,21 @@ pub struct File {
 impl File {
     /// Creates a new file for reading and writing; fails if it exists.
     pub fn create_new(path: &Path) -> Result<File> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(File {
-            path: path.to_owned(),
-            file,
-        })
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(|e| Error::io(path, e))?;
+        Ok(File { path: path.to_owned(), file })
     }
 
     /// Opens an existing file for reading and writing.
     pub fn open_rw(path: &Path) -> Result<File> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(File {
-            path: path.to_owned(),
-            file,
-        })
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        Ok(File { path: path.to_owned(), file })
     }
 
     /// Opens an existing file for reading.
     pub fn open_read(path: &Path) -> Result<File> {
         let file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        Ok(File {
-            path: path.to_owned(),
-            file,
-        })
+        Ok(File { path: path.to_owned(), file })
     }
 
     /// The file's path.
@@ -64,11 +47,7 @@ impl File {
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
-                Error::corruption(
-                    &self.path,
-                    offset,
-                    format!("file ends before the {} bytes expected here", buf.len()),
-                )
+                Error::corruption(&self.path, offset, format!("file ends before the {} bytes expected here", buf.len()))
             } else {
                 Error::io(&self.path, e)
             }
@@ -77,9 +56,7 @@ impl File {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io(&self.path, e))
+        self.file.write_all_at(buf, offset).map_err(|e| Error::io(&self.path, e))
     }
 
     /// Flushes the file's data (and the metadata needed to read it) to
@@ -89,12 +66,9 @@ impl File {
     }
 
     /// The file's current length.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {
-        Ok(self
-            .file
-            .metadata()
-            .map_err(|e| Error::io(&self.path, e))?
-            .len())
+        Ok(self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len())
     }
 
     /// Cuts or extends the file to `len` bytes.
@@ -175,9 +149,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock> {
         .map_err(|e| Error::io(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(DirLock { _file: file }),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_owned(),
-        }),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked { path: dir.to_owned() }),
         Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
 }

@@ -1,8 +1,14 @@
 //! The keydir: every live key and where its newest value lies.
+//!
+//! It has two layers. The *base* is the key table written by the last
+//! merge (loaded from disk in one read). The *overlay* is a hash map of
+//! every write since: a put, or a tombstone that hides a key of the base.
+//! Lookups try the overlay first.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::segment::SegId;
+use super::table::KeyTable;
 
 /// Where a key's newest record lies, and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,20 +26,71 @@ impl Loc {
     }
 }
 
-/// The in-memory hash index, plus the bytes each segment still holds live.
+/// An overlay entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Live(Loc),
+    /// Deleted by the write with this seq; hides the base's entry.
+    Deleted(u64),
+}
+
+impl Slot {
+    fn seq(&self) -> u64 {
+        match self {
+            Slot::Live(l) => l.seq,
+            Slot::Deleted(s) => *s,
+        }
+    }
+}
+
+/// The in-memory index, plus the bytes each segment still holds live.
 #[derive(Default)]
 pub(crate) struct KeyDir {
-    pub(crate) map: HashMap<Box<[u8]>, Loc, foldhash::fast::RandomState>,
+    base: KeyTable,
+    overlay: HashMap<Box<[u8]>, Slot, foldhash::fast::RandomState>,
     /// Live record bytes per segment; a segment's dead bytes are its size
     /// minus this.
     pub(crate) live: BTreeMap<SegId, u64>,
 }
 
 impl KeyDir {
-    pub(crate) fn with_capacity(n: usize) -> Self {
-        KeyDir {
-            map: HashMap::with_capacity_and_hasher(n, Default::default()),
-            live: BTreeMap::new(),
+    pub(crate) fn new(base: KeyTable) -> Self {
+        KeyDir { base, overlay: HashMap::default(), live: BTreeMap::new() }
+    }
+
+    /// Where `key`'s value lies, if it has one.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Loc> {
+        match self.overlay.get(key) {
+            Some(Slot::Live(l)) => Some(*l),
+            Some(Slot::Deleted(_)) => None,
+            None => self.base.get(key),
+        }
+    }
+
+    /// The number of keys (expired ones not yet reclaimed included).
+    pub(crate) fn len(&self) -> usize {
+        let mut n = self.base.len();
+        for (k, slot) in &self.overlay {
+            match (slot, self.base.get(k).is_some()) {
+                (Slot::Live(_), false) => n += 1,
+                (Slot::Deleted(_), true) => n -= 1,
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Calls `f` with every live key and its location, in no order.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&[u8], &Loc)) {
+        for (k, loc) in self.base.iter() {
+            if !self.overlay.contains_key(k) {
+                f(k, &loc);
+            }
+        }
+        for (k, slot) in &self.overlay {
+            if let Slot::Live(loc) = slot {
+                f(k, loc);
+            }
         }
     }
 
@@ -43,84 +100,86 @@ impl KeyDir {
         }
     }
 
-    /// Points `key` at `loc` (a newer write).
-    pub(crate) fn put(&mut self, key: &[u8], loc: Loc) {
-        *self.live.entry(loc.seg).or_default() += loc.len as u64;
-        let old = match self.map.get_mut(key) {
-            Some(slot) => Some(std::mem::replace(slot, loc)),
-            None => self.map.insert(key.into(), loc),
+    fn set(&mut self, key: &[u8], slot: Slot) {
+        let old = match self.overlay.get_mut(key) {
+            Some(s) => match std::mem::replace(s, slot) {
+                Slot::Live(l) => Some(l),
+                Slot::Deleted(_) => None,
+            },
+            None => {
+                self.overlay.insert(key.into(), slot);
+                self.base.get(key)
+            }
         };
         if let Some(old) = old {
             self.sub_live(&old);
         }
     }
 
-    /// Forgets `key` (a newer delete).
-    pub(crate) fn remove(&mut self, key: &[u8]) {
-        if let Some(old) = self.map.remove(key) {
-            self.sub_live(&old);
-        }
+    /// Points `key` at `loc` (a newer write).
+    pub(crate) fn put(&mut self, key: &[u8], loc: Loc) {
+        *self.live.entry(loc.seg).or_default() += loc.len as u64;
+        self.set(key, Slot::Live(loc));
     }
 
-    /// Moves `key` from `old` to `new` if it still points at `old` (merge).
-    /// Returns false if a newer write got there first.
-    pub(crate) fn relocate(&mut self, key: &[u8], old: &Loc, new: Loc) -> bool {
-        match self.map.get_mut(key) {
-            Some(slot) if slot == old => {
-                *slot = new;
-                self.sub_live(old);
-                *self.live.entry(new.seg).or_default() += new.len as u64;
-                true
-            }
-            _ => false,
-        }
+    /// Forgets `key` (a newer delete with sequence number `seq`). The
+    /// tombstone stays in the overlay even when the base lacks the key: a
+    /// merge under way may be about to install a base that has it.
+    pub(crate) fn remove(&mut self, key: &[u8], seq: u64) {
+        self.set(key, Slot::Deleted(seq));
     }
 
-    /// Forgets `key` if it still points at `old` (merge of an expired key).
-    pub(crate) fn remove_if(&mut self, key: &[u8], old: &Loc) {
-        if self.map.get(key) == Some(old) {
-            self.remove(key);
-        }
-    }
-
-    /// Applies a record found during recovery, where records may arrive out
-    /// of write order (merge outputs): the higher sequence number wins.
-    /// `deleted` remembers the newest tombstone of each key seen so far.
-    /// Records of one batch share a sequence number and arrive in write
-    /// order, so on equal numbers the later record wins.
-    pub(crate) fn recover_put(&mut self, key: &[u8], loc: Loc, deleted: &HashMap<Box<[u8]>, u64>) {
-        if !deleted.is_empty() && deleted.get(key).is_some_and(|&s| s > loc.seq) {
-            return;
-        }
-        match self.map.get_mut(key) {
-            Some(slot) if slot.seq > loc.seq => {}
-            Some(slot) => *slot = loc,
-            None => {
-                self.map.insert(key.into(), loc);
+    /// Applies a record found during recovery. Merge outputs are in the
+    /// base and every scanned segment is newer, but a record only wins over
+    /// one with a higher sequence number. Records of one batch share a
+    /// sequence number and arrive in write order, so the later one wins.
+    pub(crate) fn recover(&mut self, key: &[u8], slot: Slot) {
+        let newest = match self.overlay.get(key) {
+            Some(s) => s.seq(),
+            None => self.base.get(key).map_or(0, |l| l.seq),
+        };
+        if slot.seq() >= newest {
+            match self.overlay.get_mut(key) {
+                Some(s) => *s = slot,
+                None => {
+                    self.overlay.insert(key.into(), slot);
+                }
             }
         }
     }
 
-    /// Applies a tombstone found during recovery.
-    pub(crate) fn recover_delete(
-        &mut self,
-        key: &[u8],
-        seq: u64,
-        deleted: &mut HashMap<Box<[u8]>, u64>,
-    ) {
-        if self.map.get(key).is_some_and(|l| l.seq <= seq) {
-            self.map.remove(key);
-        }
-        let s = deleted.entry(key.into()).or_insert(seq);
-        *s = (*s).max(seq);
+    /// Ends recovery: drops tombstones that hide nothing and counts the
+    /// live bytes of every segment.
+    pub(crate) fn finish_recovery(&mut self) {
+        let base = &self.base;
+        self.overlay.retain(|k, s| matches!(s, Slot::Live(_)) || base.get(k).is_some());
+        self.live = self.count_live(self.base.live_bytes());
     }
 
-    /// Recomputes the live bytes of every segment (after recovery).
-    pub(crate) fn recount_live(&mut self) {
-        let mut live = BTreeMap::new();
-        for loc in self.map.values() {
-            *live.entry(loc.seg).or_default() += loc.len as u64;
+    /// Live bytes per segment: the base's (computed once, outside any
+    /// lock, by [`KeyTable::live_bytes`]) adjusted for the overlay.
+    fn count_live(&self, mut live: BTreeMap<SegId, u64>) -> BTreeMap<SegId, u64> {
+        for (k, slot) in &self.overlay {
+            if let Some(hidden) = self.base.get(k) {
+                if let Some(l) = live.get_mut(&hidden.seg) {
+                    *l = l.saturating_sub(hidden.len as u64);
+                }
+            }
+            if let Slot::Live(loc) = slot {
+                *live.entry(loc.seg).or_default() += loc.len as u64;
+            }
         }
-        self.live = live;
+        live
+    }
+
+    /// Installs the key table of a finished merge. Every write with a
+    /// sequence number below `cut_seq` was in the merge's inputs, so its
+    /// overlay entry is either in the new table or was dead; later writes
+    /// stay in the overlay and hide the table's entries.
+    pub(crate) fn install_base(&mut self, base: KeyTable, base_live: BTreeMap<SegId, u64>, cut_seq: u64) {
+        self.base = base;
+        let base = &self.base;
+        self.overlay.retain(|k, s| s.seq() >= cut_seq && (matches!(s, Slot::Live(_)) || base.get(k).is_some()));
+        self.live = self.count_live(base_live);
     }
 }

@@ -1,18 +1,21 @@
-//! Merge: rewrite the closed segments without dead records.
+//! Merge: rewrite the closed segments without dead records, and write the
+//! key table (the hint file) of what was kept.
 //!
 //! The commit protocol, and why a crash at any point is safe:
 //!
 //! 1. Rotate, so every existing segment is closed. These are the inputs;
 //!    writes go on into the new active segment while the merge runs.
 //! 2. Copy every record the keydir still points at into output segments
-//!    named `*.data.tmp`, each with a hint file `*.hint.tmp`; sync them.
-//!    A crash here leaves only `.tmp` files, which recovery deletes.
-//! 3. Write the `MERGE` commit file (inputs and outputs), atomically by
-//!    rename. This is the commit point: from here recovery finishes the
-//!    merge (renames outputs, deletes inputs) instead of undoing it.
-//! 4. Rename the outputs into place, repoint the keydir (only where it
-//!    still points at the copied record; a newer write wins), drop the
-//!    inputs from the segment map and unlink them, delete `MERGE`.
+//!    named `*.data.tmp`, and write the key table of the copies as
+//!    `*.keys.tmp`; sync them. A crash here leaves only `.tmp` files, which
+//!    recovery deletes.
+//! 3. Write the `MERGE` commit file (inputs, the old key tables, outputs,
+//!    the new key table), atomically by rename. This is the commit point:
+//!    from here recovery finishes the merge instead of undoing it.
+//! 4. Rename the outputs and the table into place, install the table as the
+//!    keydir's base (later writes stay in the overlay and win), drop the
+//!    inputs from the segment map and unlink them and the old tables,
+//!    delete `MERGE`.
 //!
 //! Tombstones are never copied: every older record of their key is in an
 //! input too and is dropped with them. Expired values are not copied either.
@@ -20,11 +23,13 @@
 //! location of a key, and a reader still holding an input segment keeps
 //! reading its open (unlinked) file.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::keydir::Loc;
 use super::segment::{self, SegId, Segment};
+use super::table::KeyTable;
 use super::Inner;
 use crate::codec::{Kind, Record};
 use crate::db::now_ms;
@@ -39,73 +44,100 @@ pub(super) const MERGE_FILE: &str = "MERGE";
 pub(super) struct MergeReport {
     pub(super) inputs: usize,
     pub(super) outputs: usize,
+    pub(super) keys: usize,
     pub(super) bytes_in: u64,
     pub(super) bytes_out: u64,
 }
 
+/// What a merge commit names. Ids of key tables are those of the merge's
+/// base (its first output's id minus one).
+#[derive(Debug, Default)]
+pub(super) struct Commit {
+    pub(super) inputs: Vec<SegId>,
+    pub(super) old_tables: Vec<SegId>,
+    pub(super) outputs: Vec<SegId>,
+    pub(super) table: Option<SegId>,
+}
+
+/// Merges if the dead fraction calls for it (checked under the merge lock,
+/// so a merge that just finished is not followed by a needless one).
+pub(super) fn merge_if_due(inner: &Inner) -> Result<()> {
+    let guard = inner.merge_lock.lock();
+    if inner.poison.lock().is_some() || !inner.merge_due() {
+        return Ok(());
+    }
+    merge_locked(inner, guard).map(|_| ())
+}
+
+/// Merges now.
 pub(super) fn merge(inner: &Inner) -> Result<MergeReport> {
-    let _one_at_a_time = inner.merge_lock.lock();
+    merge_locked(inner, inner.merge_lock.lock())
+}
+
+fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) -> Result<MergeReport> {
     inner.check_writable()?;
-    let (inputs, base) = {
+    let (inputs, base, cut_seq) = {
         let mut w = inner.writer.lock();
         inner.rotate(&mut w)?;
-        let inputs: Vec<Arc<Segment>> = inner
-            .segments
-            .read()
-            .range(..w.active.id)
-            .map(|(_, s)| Arc::clone(s))
-            .collect();
-        (inputs, segment::active_id(w.generation - 1))
+        let inputs: Vec<Arc<Segment>> =
+            inner.segments.read().range(..w.active.id).map(|(_, s)| Arc::clone(s)).collect();
+        (inputs, segment::active_id(w.generation - 1), w.next_seq)
     };
     let now = now_ms();
     let mut out = Outputs::new(inner, base);
-    let mut moved: Vec<(Box<[u8]>, Loc, Loc)> = Vec::new();
-    let mut expired: Vec<(Box<[u8]>, Loc)> = Vec::new();
+    let mut moved: Vec<(Box<[u8]>, Loc)> = Vec::new();
     for seg in &inputs {
         log::scan(seg.path(), FileKind::Data, TailMode::Sealed, |found| {
             let rec = found.record;
             if rec.kind != Kind::Put {
                 return Ok(());
             }
-            let current = inner.keydir.read().map.get(rec.key).copied();
-            match current {
-                Some(cur) if cur.seg == seg.id && cur.offset == found.offset => {
-                    if cur.expired(now) {
-                        expired.push((rec.key.into(), cur));
-                    } else {
-                        let new = out.append(&rec)?;
-                        moved.push((rec.key.into(), cur, new));
-                    }
-                }
-                _ => {}
+            let current = inner.keydir.read().get(rec.key);
+            if current.is_some_and(|c| c.seg == seg.id && c.offset == found.offset && !c.expired(now)) {
+                moved.push((rec.key.into(), out.append(&rec)?));
             }
             Ok(())
         })?;
     }
-    let outputs = out.finish()?;
+    out.finish()?;
+    let table_path = segment::table_path(&inner.dir, base);
+    let table_bytes = KeyTable::encode(&moved);
+    let tmp = tmp_path(&table_path);
+    out.files.push(tmp.clone());
+    let f = crate::fs::File::create_new(&tmp)?;
+    f.write_all_at(&table_bytes, 0)?;
+    f.sync_data()?;
+    crate::fs::sync_dir(&inner.dir)?;
+    let table = KeyTable::from_bytes(&table_path, table_bytes)?;
+    let base_live = table.live_bytes();
+
+    let commit = Commit {
+        inputs: inputs.iter().map(|s| s.id).collect(),
+        old_tables: table_ids(&inner.dir)?,
+        outputs: out.done.clone(),
+        table: Some(base),
+    };
     let report = MergeReport {
         inputs: inputs.len(),
-        outputs: outputs.len(),
+        outputs: out.done.len(),
+        keys: moved.len(),
         bytes_in: inputs.iter().map(|s| s.size()).sum(),
-        bytes_out: out.bytes,
+        bytes_out: out.bytes + table.byte_len() as u64,
     };
-
-    // Commit point.
-    write_commit(inner, &inputs, &outputs)?;
+    drop(moved);
+    write_commit(&inner.dir, &commit)?;
     out.committed = true;
-    if let Err(e) = install(inner, &inputs, &outputs, &moved, &expired) {
+    if let Err(e) = install(inner, &commit, &inputs, table, base_live, cut_seq) {
         // Committed on disk but not in memory: recovery will finish it.
         inner.poison(&e);
         return Err(e);
     }
     inner.counters.merges.fetch_add(1, Ordering::Relaxed);
-    inner
-        .counters
-        .disk_bytes
-        .fetch_add(report.bytes_out, Ordering::Relaxed);
+    inner.counters.disk_bytes.fetch_add(report.bytes_out, Ordering::Relaxed);
     tracing::info!(
         inputs = report.inputs,
         outputs = report.outputs,
+        keys = report.keys,
         bytes_in = report.bytes_in,
         bytes_out = report.bytes_out,
         "merge finished"
@@ -113,42 +145,69 @@ pub(super) fn merge(inner: &Inner) -> Result<MergeReport> {
     Ok(report)
 }
 
-fn write_commit(inner: &Inner, inputs: &[Arc<Segment>], outputs: &[SegId]) -> Result<()> {
-    let mut buf = Vec::new();
-    let ids = inputs
+/// The ids of the key tables in `dir`.
+pub(super) fn table_ids(dir: &Path) -> Result<Vec<SegId>> {
+    let mut ids: Vec<SegId> = crate::fs::list(dir)?
         .iter()
-        .map(|s| (&b"in"[..], s.id))
-        .chain(outputs.iter().map(|&id| (&b"out"[..], id)));
-    for (key, id) in ids {
-        meta(key, &id.to_le_bytes()).encode_into(&mut buf);
+        .filter_map(|n| segment::parse_name(n))
+        .filter(|(_, ext)| *ext == "keys")
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn write_commit(dir: &Path, c: &Commit) -> Result<()> {
+    let mut buf = Vec::new();
+    let entries = [(&b"in"[..], &c.inputs), (b"old-table", &c.old_tables), (b"out", &c.outputs)];
+    let table = c.table.map(|t| vec![t]).unwrap_or_default();
+    for (key, ids) in entries.into_iter().chain([(&b"table"[..], &table)]) {
+        for id in ids {
+            Record { kind: Kind::Meta, seq: 0, expires_at: 0, key, value: &id.to_le_bytes() }.encode_into(&mut buf);
+        }
     }
-    let tmp = inner.dir.join(format!("{MERGE_FILE}.tmp"));
+    let tmp = dir.join(format!("{MERGE_FILE}.tmp"));
     crate::fs::remove_file(&tmp)?;
     let mut w = LogWriter::create(&tmp, FileKind::MergeCommit)?;
     w.append(&buf)?;
     w.sync()?;
-    crate::fs::rename(&tmp, &inner.dir.join(MERGE_FILE))?;
-    crate::fs::sync_dir(&inner.dir)
+    crate::fs::rename(&tmp, &dir.join(MERGE_FILE))?;
+    crate::fs::sync_dir(dir)
 }
 
-/// Steps 4 of the protocol; also what recovery redoes after a crash.
-pub(super) fn finish_files(
-    dir: &std::path::Path,
-    inputs: &[SegId],
-    outputs: &[SegId],
-) -> Result<()> {
-    for &id in outputs {
-        for path in [segment::data_path(dir, id), segment::hint_path(dir, id)] {
-            let tmp = tmp_path(&path);
-            if tmp.exists() {
-                crate::fs::rename(&tmp, &path)?;
-            }
+/// Reads a merge commit file.
+pub(super) fn read_commit(path: &Path) -> Result<Commit> {
+    let mut c = Commit::default();
+    log::scan(path, FileKind::MergeCommit, TailMode::Sealed, |f| {
+        let bad = || crate::Error::corruption(path, f.offset, "bad merge commit entry");
+        let id = crate::codec::read_u64(f.record.value).ok_or_else(bad)?;
+        match f.record.key {
+            b"in" => c.inputs.push(id),
+            b"old-table" => c.old_tables.push(id),
+            b"out" => c.outputs.push(id),
+            b"table" => c.table = Some(id),
+            _ => return Err(bad()),
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+/// The file steps of part 4; also what recovery redoes after a crash.
+pub(super) fn finish_files(dir: &Path, c: &Commit) -> Result<()> {
+    let new_files = c.outputs.iter().map(|&id| segment::data_path(dir, id));
+    for path in new_files.chain(c.table.map(|t| segment::table_path(dir, t))) {
+        let tmp = tmp_path(&path);
+        if tmp.exists() {
+            crate::fs::rename(&tmp, &path)?;
         }
     }
     crate::fs::sync_dir(dir)?;
-    for &id in inputs {
+    for &id in &c.inputs {
         crate::fs::remove_file(&segment::data_path(dir, id))?;
-        crate::fs::remove_file(&segment::hint_path(dir, id))?;
+    }
+    for &id in c.old_tables.iter().filter(|&&t| Some(t) != c.table) {
+        crate::fs::remove_file(&segment::table_path(dir, id))?;
     }
     crate::fs::remove_file(&dir.join(MERGE_FILE))?;
     crate::fs::sync_dir(dir)
@@ -156,218 +215,99 @@ pub(super) fn finish_files(
 
 fn install(
     inner: &Inner,
+    commit: &Commit,
     inputs: &[Arc<Segment>],
-    outputs: &[SegId],
-    moved: &[(Box<[u8]>, Loc, Loc)],
-    expired: &[(Box<[u8]>, Loc)],
+    table: KeyTable,
+    base_live: std::collections::BTreeMap<SegId, u64>,
+    cut_seq: u64,
 ) -> Result<()> {
-    for path in outputs.iter().flat_map(|&id| {
-        [
-            segment::data_path(&inner.dir, id),
-            segment::hint_path(&inner.dir, id),
-        ]
-    }) {
+    let renames = commit.outputs.iter().map(|&id| segment::data_path(&inner.dir, id));
+    for path in renames.chain(commit.table.map(|t| segment::table_path(&inner.dir, t))) {
         crate::fs::rename(&tmp_path(&path), &path)?;
     }
     crate::fs::sync_dir(&inner.dir)?;
-    {
-        let mut segs = inner.segments.write();
-        for &id in outputs {
-            segs.insert(id, Arc::new(Segment::open(&inner.dir, id)?));
-        }
-    }
-    // Repoint in chunks so that readers and writers get the lock between.
-    for chunk in moved.chunks(4096) {
-        let mut kd = inner.keydir.write();
-        for (key, old, new) in chunk {
-            kd.relocate(key, old, *new);
-        }
-    }
-    {
-        let mut kd = inner.keydir.write();
-        for (key, old) in expired {
-            kd.remove_if(key, old);
-        }
-        for s in inputs {
-            kd.live.remove(&s.id);
-        }
-        #[cfg(debug_assertions)]
-        for loc in kd.map.values() {
-            debug_assert!(
-                !inputs.iter().any(|s| s.id == loc.seg),
-                "key left pointing at a merged segment"
-            );
-        }
-    }
+    let opened = commit.outputs.iter().map(|&id| Segment::open(&inner.dir, id).map(Arc::new));
+    let opened: Vec<Arc<Segment>> = opened.collect::<Result<_>>()?;
+    inner.segments.write().extend(opened.into_iter().map(|s| (s.id, s)));
+    inner.keydir.write().install_base(table, base_live, cut_seq);
     {
         let mut segs = inner.segments.write();
         for s in inputs {
             segs.remove(&s.id);
         }
     }
-    let input_ids: Vec<SegId> = inputs.iter().map(|s| s.id).collect();
-    finish_files(&inner.dir, &input_ids, &[])
+    // The renames are done, so this only deletes.
+    finish_files(&inner.dir, commit)
 }
 
-pub(super) fn tmp_path(path: &std::path::Path) -> std::path::PathBuf {
+pub(super) fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");
     s.into()
 }
 
-fn meta<'a>(key: &'a [u8], value: &'a [u8]) -> Record<'a> {
-    Record {
-        kind: Kind::Meta,
-        seq: 0,
-        expires_at: 0,
-        key,
-        value,
-    }
-}
-
-/// The key of the last record of every hint file: its value is the number
-/// of hints (u64) and the length of the data file they describe (u64).
-pub(super) const HINT_FOOTER_KEY: &[u8] = b"hint-footer";
-
-/// Buffered writers for the merge's output segments and their hint files.
+/// Buffered writers for the merge's output segments.
 struct Outputs<'a> {
     inner: &'a Inner,
     base: SegId,
-    current: Option<Output>,
+    current: Option<(LogWriter, SegId, Vec<u8>)>,
     done: Vec<SegId>,
+    /// Every file made, removed again if the merge does not commit.
+    files: Vec<PathBuf>,
     bytes: u64,
     committed: bool,
 }
 
-struct Output {
-    id: SegId,
-    data: LogWriter,
-    hint: LogWriter,
-    data_buf: Vec<u8>,
-    hint_buf: Vec<u8>,
-    count: u64,
-}
-
 const FLUSH_AT: usize = 1 << 20;
-
-impl Output {
-    fn data_len(&self) -> u64 {
-        self.data.len() + self.data_buf.len() as u64
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        self.data.append(&self.data_buf)?;
-        self.hint.append(&self.hint_buf)?;
-        self.data_buf.clear();
-        self.hint_buf.clear();
-        Ok(())
-    }
-}
 
 impl<'a> Outputs<'a> {
     fn new(inner: &'a Inner, base: SegId) -> Self {
-        Outputs {
-            inner,
-            base,
-            current: None,
-            done: Vec::new(),
-            bytes: 0,
-            committed: false,
-        }
+        Outputs { inner, base, current: None, done: Vec::new(), files: Vec::new(), bytes: 0, committed: false }
     }
 
     fn append(&mut self, rec: &Record<'_>) -> Result<Loc> {
         let len = rec.encoded_len() as u64;
-        let full = self
-            .current
-            .as_ref()
-            .is_some_and(|o| o.count > 0 && o.data_len() + len > self.inner.opts.segment_size);
-        if full {
+        let limit = self.inner.opts.segment_size;
+        if self.current.as_ref().is_some_and(|(w, _, buf)| buf.len() as u64 + w.len() + len > limit && !w.is_empty()) {
             self.seal()?;
         }
         if self.current.is_none() {
             let id = self.base + self.done.len() as u64 + 1;
-            let dir = &self.inner.dir;
-            self.current = Some(Output {
-                id,
-                data: LogWriter::create(&tmp_path(&segment::data_path(dir, id)), FileKind::Data)?,
-                hint: LogWriter::create(&tmp_path(&segment::hint_path(dir, id)), FileKind::Hint)?,
-                data_buf: Vec::new(),
-                hint_buf: Vec::new(),
-                count: 0,
-            });
+            let path = tmp_path(&segment::data_path(&self.inner.dir, id));
+            self.files.push(path.clone());
+            self.current = Some((LogWriter::create(&path, FileKind::Data)?, id, Vec::new()));
         }
-        let Some(o) = self.current.as_mut() else {
-            unreachable!("an output was just made")
-        };
-        let offset = o.data_len();
-        rec.encode_into(&mut o.data_buf);
-        let mut loc_bytes = [0u8; 12];
-        loc_bytes[..8].copy_from_slice(&offset.to_le_bytes());
-        loc_bytes[8..].copy_from_slice(&(len as u32).to_le_bytes());
-        Record {
-            kind: Kind::Hint,
-            seq: rec.seq,
-            expires_at: rec.expires_at,
-            key: rec.key,
-            value: &loc_bytes,
+        let Some((w, id, buf)) = self.current.as_mut() else { unreachable!("an output was just made") };
+        let offset = w.len() + buf.len() as u64;
+        rec.encode_into(buf);
+        if buf.len() >= FLUSH_AT {
+            w.append(buf)?;
+            buf.clear();
         }
-        .encode_into(&mut o.hint_buf);
-        o.count += 1;
-        if o.data_buf.len() >= FLUSH_AT {
-            o.flush()?;
-        }
-        Ok(Loc {
-            seg: o.id,
-            offset,
-            len: len as u32,
-            seq: rec.seq,
-            expires_at: rec.expires_at,
-        })
+        Ok(Loc { seg: *id, offset, len: len as u32, seq: rec.seq, expires_at: rec.expires_at })
     }
 
-    /// Flushes and syncs the current output and its hint file.
+    /// Flushes and syncs the current output.
     fn seal(&mut self) -> Result<()> {
-        let Some(mut o) = self.current.take() else {
-            return Ok(());
-        };
-        let data_len = o.data_len();
-        let mut footer = [0u8; 16];
-        footer[..8].copy_from_slice(&o.count.to_le_bytes());
-        footer[8..].copy_from_slice(&data_len.to_le_bytes());
-        meta(HINT_FOOTER_KEY, &footer).encode_into(&mut o.hint_buf);
-        o.flush()?;
-        o.data.sync()?;
-        o.hint.sync()?;
-        self.bytes += o.data.len() + o.hint.len();
-        self.done.push(o.id);
+        let Some((mut w, id, buf)) = self.current.take() else { return Ok(()) };
+        w.append(&buf)?;
+        w.sync()?;
+        self.bytes += w.len();
+        self.done.push(id);
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<Vec<SegId>> {
-        self.seal()?;
-        crate::fs::sync_dir(&self.inner.dir)?;
-        Ok(self.done.clone())
+    fn finish(&mut self) -> Result<()> {
+        self.seal()
     }
 }
 
 impl Drop for Outputs<'_> {
-    /// An unfinished merge leaves nothing behind.
+    /// A merge that does not commit leaves nothing behind.
     fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        let ids = self
-            .done
-            .iter()
-            .copied()
-            .chain(self.current.as_ref().map(|o| o.id));
-        for id in ids.collect::<Vec<_>>() {
-            for path in [
-                segment::data_path(&self.inner.dir, id),
-                segment::hint_path(&self.inner.dir, id),
-            ] {
-                let _ = crate::fs::remove_file(&tmp_path(&path));
+        if !self.committed {
+            for path in &self.files {
+                let _ = crate::fs::remove_file(path);
             }
         }
     }

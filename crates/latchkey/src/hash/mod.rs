@@ -5,8 +5,9 @@
 //!   keydir at them; a read is one keydir lookup and one positioned read.
 //! - A delete appends a tombstone and drops the key from the keydir.
 //! - Merge ([`merge`]) rewrites closed segments without dead records and
-//!   writes a hint file beside each output, so that startup
-//!   ([`recovery`]) can load keys without reading values.
+//!   writes a key table ([`table`], the hint file) of what it kept, so
+//!   that startup ([`recovery`]) loads those keys with one read and reads
+//!   record by record only the segments written since.
 //!
 //! Locks, always taken in this order: `merge_lock`, `writer`, `keydir`,
 //! `segments`. Readers take only `keydir` then `segments`, both shared.
@@ -15,6 +16,7 @@ mod keydir;
 mod merge;
 mod recovery;
 mod segment;
+mod table;
 
 pub(crate) use recovery::check;
 
@@ -89,9 +91,9 @@ impl HashStore {
         let r = recovery::recover(dir, &opts)?;
         tracing::info!(
             dir = %dir.display(),
-            keys = r.keydir.map.len(),
+            keys = r.keydir.len(),
             segments = r.segments.len(),
-            hinted = r.hinted,
+            table_keys = r.table_keys,
             scanned = r.scanned,
             ms = started.elapsed().as_millis() as u64,
             "hash engine opened"
@@ -124,10 +126,7 @@ impl HashStore {
             .name("latchkey-hash-bg".into())
             .spawn(move || bg.background(rx))
             .map_err(|e| Error::io(dir, e))?;
-        Ok(HashStore {
-            inner,
-            background: Mutex::new(Some((tx, handle))),
-        })
+        Ok(HashStore { inner, background: Mutex::new(Some((tx, handle))) })
     }
 
     fn stop_background(&self) {
@@ -211,9 +210,7 @@ impl Inner {
     fn check_writable(&self) -> Result<()> {
         self.check_open()?;
         match &*self.poison.lock() {
-            Some(cause) => Err(Error::Poisoned {
-                cause: cause.clone(),
-            }),
+            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
             None => Ok(()),
         }
     }
@@ -230,22 +227,19 @@ impl Inner {
         // (which repoints keys before it drops segments) cannot slip between.
         let (loc, seg) = {
             let kd = self.keydir.read();
-            let Some(loc) = kd.map.get(key) else {
+            let Some(loc) = kd.get(key) else {
                 return Ok(None);
             };
             if loc.expired(now_ms) {
                 return Ok(None);
             }
-            (*loc, self.segments.read().get(&loc.seg).cloned())
+            (loc, self.segments.read().get(&loc.seg).cloned())
         };
         let seg = seg.ok_or_else(|| {
             Error::corruption(
                 &self.dir,
                 loc.offset,
-                format!(
-                    "index points at missing segment {}",
-                    segment::data_name(loc.seg)
-                ),
+                format!("index points at missing segment {}", segment::data_name(loc.seg)),
             )
         })?;
         let value = seg.read_value(key, loc.offset, loc.len)?;
@@ -255,22 +249,18 @@ impl Inner {
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Iter {
         let (mut items, segments) = {
             let kd = self.keydir.read();
-            let items: Vec<(Vec<u8>, Loc)> = kd
-                .map
-                .iter()
-                .filter(|(k, loc)| !loc.expired(now_ms) && range_contains(&range, k))
-                .map(|(k, loc)| (k.to_vec(), *loc))
-                .collect();
+            let mut items: Vec<(Vec<u8>, Loc)> = Vec::new();
+            kd.for_each(|k, loc| {
+                if !loc.expired(now_ms) && range_contains(&range, k) {
+                    items.push((k.to_vec(), *loc));
+                }
+            });
             (items, self.segments.read().clone())
         };
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let read = move |(key, loc): (Vec<u8>, Loc)| -> Result<KeyValue> {
             let seg = segments.get(&loc.seg).ok_or_else(|| {
-                Error::corruption(
-                    segment::data_name(loc.seg),
-                    loc.offset,
-                    "segment missing during scan",
-                )
+                Error::corruption(segment::data_name(loc.seg), loc.offset, "segment missing during scan")
             })?;
             let value = seg.read_value(&key, loc.offset, loc.len)?;
             Ok((key, value))
@@ -304,28 +294,18 @@ impl Inner {
             let mut kd = self.keydir.write();
             for (op, &(rel, len)) in batch.ops.iter().zip(&w.offsets) {
                 match op {
-                    Op::Put {
-                        key, expires_at, ..
-                    } => {
-                        let loc = Loc {
-                            seg,
-                            offset: base + rel,
-                            len,
-                            seq,
-                            expires_at: *expires_at,
-                        };
+                    Op::Put { key, expires_at, .. } => {
+                        let loc = Loc { seg, offset: base + rel, len, seq, expires_at: *expires_at };
                         kd.put(key, loc);
                     }
-                    Op::Delete { key } => kd.remove(key),
+                    Op::Delete { key } => kd.remove(key, seq),
                 }
             }
         }
         let c = &self.counters;
         c.writes.fetch_add(1, Ordering::Relaxed);
-        c.user_bytes
-            .fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
-        c.disk_bytes
-            .fetch_add(w.buf.len() as u64, Ordering::Relaxed);
+        c.user_bytes.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
+        c.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
         Ok(w.lsn)
     }
 
@@ -376,7 +356,7 @@ impl Inner {
     fn stats(&self) -> Stats {
         let (keys, live) = {
             let kd = self.keydir.read();
-            (kd.map.len() as u64, kd.live.values().sum())
+            (kd.len() as u64, kd.live.values().sum())
         };
         let segs = self.segments.read();
         let c = &self.counters;
@@ -392,6 +372,12 @@ impl Inner {
             syncs: c.syncs.load(Ordering::Relaxed),
             merges: c.merges.load(Ordering::Relaxed),
         }
+    }
+
+    /// True when enough bytes are dead for a merge to start by itself.
+    fn merge_due(&self) -> bool {
+        let (dead, total) = self.garbage();
+        dead >= self.opts.merge_min_dead_bytes && dead as f64 >= self.opts.merge_dead_ratio * total as f64
     }
 
     /// Dead bytes and total bytes over all segments.
@@ -410,9 +396,7 @@ impl Inner {
             Sync::Interval(ms) => Some(Duration::from_millis(ms)),
             _ => None,
         };
-        let tick = sync_every.map_or(self.opts.background_interval, |s| {
-            s.min(self.opts.background_interval)
-        });
+        let tick = sync_every.map_or(self.opts.background_interval, |s| s.min(self.opts.background_interval));
         let mut last_sync = Instant::now();
         let mut last_merge_check = Instant::now();
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
@@ -425,13 +409,8 @@ impl Inner {
             }
             if last_merge_check.elapsed() >= self.opts.background_interval {
                 last_merge_check = Instant::now();
-                let (dead, total) = self.garbage();
-                let due = dead >= self.opts.merge_min_dead_bytes
-                    && dead as f64 >= self.opts.merge_dead_ratio * total as f64;
-                if due && self.poison.lock().is_none() {
-                    if let Err(e) = merge::merge(self) {
-                        tracing::error!(error = %e, "background merge failed");
-                    }
+                if let Err(e) = merge::merge_if_due(self) {
+                    tracing::error!(error = %e, "background merge failed");
                 }
             }
         }
@@ -445,14 +424,7 @@ fn encode_batch(batch: &WriteBatch, seq: u64, buf: &mut Vec<u8>, offsets: &mut V
     offsets.clear();
     let marked = batch.ops.len() > 1;
     let marker = |kind, buf: &mut Vec<u8>| {
-        Record {
-            kind,
-            seq,
-            expires_at: 0,
-            key: &[],
-            value: &(batch.ops.len() as u32).to_le_bytes(),
-        }
-        .encode_into(buf)
+        Record { kind, seq, expires_at: 0, key: &[], value: &(batch.ops.len() as u32).to_le_bytes() }.encode_into(buf)
     };
     if marked {
         marker(Kind::BatchBegin, buf);
@@ -460,24 +432,8 @@ fn encode_batch(batch: &WriteBatch, seq: u64, buf: &mut Vec<u8>, offsets: &mut V
     for op in &batch.ops {
         let start = buf.len();
         let rec = match op {
-            Op::Put {
-                key,
-                value,
-                expires_at,
-            } => Record {
-                kind: Kind::Put,
-                seq,
-                expires_at: *expires_at,
-                key,
-                value,
-            },
-            Op::Delete { key } => Record {
-                kind: Kind::Delete,
-                seq,
-                expires_at: 0,
-                key,
-                value: &[],
-            },
+            Op::Put { key, value, expires_at } => Record { kind: Kind::Put, seq, expires_at: *expires_at, key, value },
+            Op::Delete { key } => Record { kind: Kind::Delete, seq, expires_at: 0, key, value: &[] },
         };
         rec.encode_into(buf);
         offsets.push((start as u64, (buf.len() - start) as u32));

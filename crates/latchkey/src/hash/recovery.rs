@@ -1,16 +1,18 @@
-//! Startup: finish or undo an interrupted merge, then build the keydir from
-//! hint files where they exist and from the data segments where they don't.
-//! Also the offline checker behind `latchkey check`.
+//! Startup: finish or undo an interrupted merge, load the newest key table
+//! (the hint file of the last merge) as the keydir's base, and read record
+//! by record only the segments written since. Also the offline checker
+//! behind `latchkey check`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::keydir::{KeyDir, Loc};
-use super::merge::{self, HINT_FOOTER_KEY, MERGE_FILE};
+use super::keydir::{KeyDir, Loc, Slot};
+use super::merge::{self, MERGE_FILE};
 use super::segment::{self, SegId, Segment};
+use super::table::KeyTable;
 use crate::check::{CheckReport, Progress};
-use crate::codec::{self, Kind};
+use crate::codec::Kind;
 use crate::error::{Error, Result};
 use crate::log::{self, FileKind, LogWriter, TailMode};
 use crate::options::Options;
@@ -23,8 +25,8 @@ pub(super) struct Recovered {
     pub(super) active: Arc<Segment>,
     pub(super) next_seq: u64,
     pub(super) generation: u64,
-    /// Segments whose keys came from a hint file.
-    pub(super) hinted: usize,
+    /// Keys loaded from the key table.
+    pub(super) table_keys: usize,
     /// Segments that were read record by record.
     pub(super) scanned: usize,
 }
@@ -32,28 +34,26 @@ pub(super) struct Recovered {
 pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     finish_interrupted_merge(dir)?;
     let ids = data_segments(dir)?;
-    let mut keydir = KeyDir::with_capacity(0);
-    let mut deleted: HashMap<Box<[u8]>, u64> = HashMap::new();
-    let mut max_seq = 0u64;
-    let (mut hinted, mut scanned) = (0, 0);
+    let table = load_table(dir, &ids)?;
+    let covered: Vec<SegId> = table.segments().to_vec();
+    let mut max_seq = table.iter().map(|(_, l)| l.seq).max().unwrap_or(0);
+    let table_keys = table.len();
+    let mut keydir = KeyDir::new(table);
+    let mut scanned = 0;
     let mut newest_end = None;
     for (i, &id) in ids.iter().enumerate() {
-        let newest = i + 1 == ids.len() && is_active_id(id);
-        if !newest && load_hints(dir, id, &mut keydir, &deleted, &mut max_seq)? {
-            hinted += 1;
+        if covered.binary_search(&id).is_ok() {
             continue;
         }
-        let mode = if newest {
-            TailMode::Newest
-        } else {
-            TailMode::Sealed
-        };
+        let newest = i + 1 == ids.len() && is_active_id(id);
+        let mode = if newest { TailMode::Newest } else { TailMode::Sealed };
         let end = log::scan(&segment::data_path(dir, id), FileKind::Data, mode, |f| {
             let r = f.record;
             max_seq = max_seq.max(r.seq);
+            let loc = Loc { seg: id, offset: f.offset, len: f.len, seq: r.seq, expires_at: r.expires_at };
             match r.kind {
-                Kind::Put => keydir.recover_put(r.key, loc(id, f.offset, f.len, &r), &deleted),
-                Kind::Delete => keydir.recover_delete(r.key, r.seq, &mut deleted),
+                Kind::Put => keydir.recover(r.key, Slot::Live(loc)),
+                Kind::Delete => keydir.recover(r.key, Slot::Deleted(r.seq)),
                 _ => {}
             }
             Ok(())
@@ -63,8 +63,7 @@ pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
             newest_end = Some(end);
         }
     }
-    drop(deleted);
-    keydir.recount_live();
+    keydir.finish_recovery();
 
     let (log, generation) = match (ids.last(), newest_end) {
         (Some(&id), Some(end)) => {
@@ -75,9 +74,6 @@ pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
                 crate::fs::sync_dir(dir)?;
                 log
             } else {
-                if end.torn_bytes() > 0 {
-                    tracing::warn!(file = %path.display(), bytes = end.torn_bytes(), "cut off a torn write");
-                }
                 LogWriter::reopen(&path, end.valid_len)?
             };
             (log, id >> 32)
@@ -92,38 +88,15 @@ pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     };
     let active_id = segment::active_id(generation);
     let mut segments = BTreeMap::new();
-    for &id in ids
-        .iter()
-        .filter(|&&id| id != active_id)
-        .chain(std::iter::once(&active_id))
-    {
+    for &id in ids.iter().filter(|&&id| id != active_id).chain(std::iter::once(&active_id)) {
         segments.insert(id, Arc::new(Segment::open(dir, id)?));
     }
     let active = Arc::clone(&segments[&active_id]);
-    Ok(Recovered {
-        keydir,
-        segments,
-        log,
-        active,
-        next_seq: max_seq + 1,
-        generation,
-        hinted,
-        scanned,
-    })
+    Ok(Recovered { keydir, segments, log, active, next_seq: max_seq + 1, generation, table_keys, scanned })
 }
 
 fn is_active_id(id: SegId) -> bool {
     id & 0xffff_ffff == 0
-}
-
-fn loc(seg: SegId, offset: u64, len: u32, r: &codec::Record<'_>) -> Loc {
-    Loc {
-        seg,
-        offset,
-        len,
-        seq: r.seq,
-        expires_at: r.expires_at,
-    }
 }
 
 /// The ids of the data segments in `dir`, oldest first.
@@ -138,34 +111,43 @@ fn data_segments(dir: &Path) -> Result<Vec<SegId>> {
     Ok(ids)
 }
 
+/// The newest key table, or an empty one if there is none or it is
+/// damaged (then every data segment is read instead, which is slower but
+/// loses nothing: the table only repeats what the data segments say).
+fn load_table(dir: &Path, ids: &[SegId]) -> Result<KeyTable> {
+    let Some(&newest) = merge::table_ids(dir)?.last() else {
+        return Ok(KeyTable::default());
+    };
+    let path = segment::table_path(dir, newest);
+    let table = match KeyTable::load(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "key table unusable; reading every data segment instead");
+            return Ok(KeyTable::default());
+        }
+    };
+    if let Some(missing) = table.segments().iter().find(|s| ids.binary_search(s).is_err()) {
+        return Err(Error::corruption(
+            segment::data_path(dir, *missing),
+            0,
+            format!("data segment named by key table {} is missing", path.display()),
+        ));
+    }
+    Ok(table)
+}
+
 /// Redoes a merge whose commit file exists; deletes the leftovers of one
 /// that never committed.
 fn finish_interrupted_merge(dir: &Path) -> Result<()> {
     let commit = dir.join(MERGE_FILE);
     if commit.exists() {
-        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
-        log::scan(&commit, FileKind::MergeCommit, TailMode::Sealed, |f| {
-            let id = codec::read_u64(f.record.value)
-                .ok_or_else(|| Error::corruption(&commit, f.offset, "bad segment id"))?;
-            match f.record.key {
-                b"in" => inputs.push(id),
-                b"out" => outputs.push(id),
-                _ => {
-                    return Err(Error::corruption(
-                        &commit,
-                        f.offset,
-                        "unknown merge commit entry",
-                    ))
-                }
-            }
-            Ok(())
-        })?;
+        let c = merge::read_commit(&commit)?;
         tracing::info!(
-            inputs = inputs.len(),
-            outputs = outputs.len(),
+            inputs = c.inputs.len(),
+            outputs = c.outputs.len(),
             "finishing a merge interrupted after its commit"
         );
-        merge::finish_files(dir, &inputs, &outputs)?;
+        merge::finish_files(dir, &c)?;
     }
     for name in crate::fs::list(dir)? {
         if name.ends_with(".tmp") {
@@ -176,67 +158,6 @@ fn finish_interrupted_merge(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Loads segment `id`'s keys from its hint file. Returns false (and the
-/// caller reads the data file instead) if there is no hint file or it is
-/// not whole. Applying hints twice is harmless, so a hint file that breaks
-/// half-way needs no undo.
-fn load_hints(
-    dir: &Path,
-    id: SegId,
-    keydir: &mut KeyDir,
-    deleted: &HashMap<Box<[u8]>, u64>,
-    max_seq: &mut u64,
-) -> Result<bool> {
-    let path = segment::hint_path(dir, id);
-    if !path.exists() {
-        return Ok(false);
-    }
-    let data_len = crate::fs::File::open_read(&segment::data_path(dir, id))?.len()?;
-    let mut count = 0u64;
-    let mut footer = None;
-    let result = log::scan(&path, FileKind::Hint, TailMode::Sealed, |f| {
-        let r = f.record;
-        match r.kind {
-            Kind::Hint => {
-                let (Some(offset), Some(len)) = (
-                    codec::read_u64(r.value),
-                    r.value.get(8..).and_then(codec::read_u32),
-                ) else {
-                    return Err(Error::corruption(&path, f.offset, "bad hint"));
-                };
-                *max_seq = (*max_seq).max(r.seq);
-                keydir.recover_put(r.key, loc(id, offset, len, &r), deleted);
-                count += 1;
-            }
-            Kind::Meta if r.key == HINT_FOOTER_KEY => {
-                footer = Some((
-                    codec::read_u64(r.value),
-                    r.value.get(8..).and_then(codec::read_u64),
-                ))
-            }
-            _ => {
-                return Err(Error::corruption(
-                    &path,
-                    f.offset,
-                    "unexpected record in a hint file",
-                ))
-            }
-        }
-        Ok(())
-    });
-    let whole = match result {
-        Ok(_) => footer == Some((Some(count), Some(data_len))),
-        Err(e) => {
-            tracing::warn!(error = %e, "hint file unusable; reading the data file instead");
-            false
-        }
-    };
-    if !whole {
-        tracing::warn!(file = %path.display(), "hint file incomplete; reading the data file instead");
-    }
-    Ok(whole)
-}
-
 /// Verifies every checksum of a `hash` directory without changing it.
 pub(crate) fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckReport> {
     let mut report = CheckReport::default();
@@ -244,51 +165,44 @@ pub(crate) fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckRepo
     let files: Vec<(SegId, &str, &String)> = names
         .iter()
         .filter_map(|n| segment::parse_name(n).map(|(id, ext)| (id, ext, n)))
-        .filter(|(_, ext, _)| *ext == "data" || *ext == "hint")
+        .filter(|(_, ext, _)| *ext == "data" || *ext == "keys")
         .collect();
-    let newest = files
-        .iter()
-        .filter(|(_, ext, _)| *ext == "data")
-        .map(|(id, _, _)| *id)
-        .max();
+    let newest = files.iter().filter(|(_, ext, _)| *ext == "data").map(|(id, _, _)| *id).max();
     let mut total = 0;
     for (_, _, name) in &files {
-        total += std::fs::metadata(dir.join(name))
-            .map_err(|e| Error::io(dir.join(name), e))?
-            .len();
+        total += std::fs::metadata(dir.join(name)).map_err(|e| Error::io(dir.join(name), e))?.len();
     }
     progress(0, total);
     let mut done = 0u64;
     for &(id, ext, name) in &files {
         let path = dir.join(name);
-        let (kind, mode) = match ext {
-            "data" if Some(id) == newest && is_active_id(id) => (FileKind::Data, TailMode::Newest),
-            "data" => (FileKind::Data, TailMode::Sealed),
-            _ => (FileKind::Hint, TailMode::Sealed),
-        };
-        let mut records = 0u64;
-        let result = log::scan(&path, kind, mode, |f| {
-            records += 1;
-            if records % 4096 == 0 {
-                progress(done + f.offset, total);
-            }
-            Ok(())
-        });
         report.files += 1;
-        report.records += records;
-        match result {
-            Ok(end) if end.torn_bytes() > 0 => report.notes.push(format!(
-                "{}: {} bytes of an unfinished write at offset {} (a crash artefact; cut off at the next open)",
-                path.display(),
-                end.torn_bytes(),
-                end.valid_len
-            )),
-            Ok(_) => {}
-            Err(e) => report.damage.push(e),
+        if ext == "keys" {
+            match KeyTable::load(&path) {
+                Ok(t) => report.records += t.len() as u64,
+                Err(e) => report.damage.push(e),
+            }
+        } else {
+            let mode = if Some(id) == newest && is_active_id(id) { TailMode::Newest } else { TailMode::Sealed };
+            let result = log::scan(&path, FileKind::Data, mode, |f| {
+                report.records += 1;
+                if report.records % 4096 == 0 {
+                    progress(done + f.offset, total);
+                }
+                Ok(())
+            });
+            match result {
+                Ok(end) if end.torn_bytes() > 0 => report.notes.push(format!(
+                    "{}: {} bytes of an unfinished write at offset {} (a crash artefact; cut off at the next open)",
+                    path.display(),
+                    end.torn_bytes(),
+                    end.valid_len
+                )),
+                Ok(_) => {}
+                Err(e) => report.damage.push(e),
+            }
         }
-        let len = std::fs::metadata(&path)
-            .map_err(|e| Error::io(&path, e))?
-            .len();
+        let len = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
         report.bytes += len;
         done += len;
         progress(done, total);

@@ -27,9 +27,9 @@ pub(crate) fn data_name(id: SegId) -> String {
     format!("{:08}-{:06}.data", id >> 32, id & 0xffff_ffff)
 }
 
-/// The file name of a segment's hint file.
-pub(crate) fn hint_name(id: SegId) -> String {
-    format!("{:08}-{:06}.hint", id >> 32, id & 0xffff_ffff)
+/// The file name of the key table of the merge whose base id is `id`.
+pub(crate) fn table_name(id: SegId) -> String {
+    format!("{:08}-{:06}.keys", id >> 32, id & 0xffff_ffff)
 }
 
 /// Parses `GGGGGGGG-IIIIII.ext` into an id and the extension.
@@ -61,11 +61,7 @@ impl Segment {
     pub(crate) fn open(dir: &Path, id: SegId) -> Result<Segment> {
         let file = File::open_read(&dir.join(data_name(id)))?;
         let size = file.len()?;
-        Ok(Segment {
-            id,
-            file,
-            size: AtomicU64::new(size),
-        })
+        Ok(Segment { id, file, size: AtomicU64::new(size) })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -105,9 +101,9 @@ pub(crate) fn data_path(dir: &Path, id: SegId) -> PathBuf {
     dir.join(data_name(id))
 }
 
-/// Path of segment `id`'s hint file in `dir`.
-pub(crate) fn hint_path(dir: &Path, id: SegId) -> PathBuf {
-    dir.join(hint_name(id))
+/// Path of the key table with id `id` in `dir`.
+pub(crate) fn table_path(dir: &Path, id: SegId) -> PathBuf {
+    dir.join(table_name(id))
 }
 
 #[cfg(test)]
@@ -116,12 +112,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_sort_by_id() {
-        let ids = [
-            active_id(1),
-            active_id(1) | 1,
-            active_id(1) | 2,
-            active_id(2),
-        ];
+        let ids = [active_id(1), active_id(1) | 1, active_id(1) | 2, active_id(2)];
         let names: Vec<_> = ids.iter().map(|&i| data_name(i)).collect();
         let mut sorted = names.clone();
         sorted.sort();

@@ -23,10 +23,10 @@ pub const FORMAT_VERSION: u16 = 1;
 pub enum FileKind {
     /// A `hash` engine data segment.
     Data = 1,
-    /// A `hash` engine hint file.
-    Hint = 2,
     /// A `hash` engine merge commit.
     MergeCommit = 3,
+    /// A `hash` engine key table (the hint file of a merge); not a log.
+    KeyTable = 4,
 }
 
 /// The 16-byte file header: magic, version, kind, CRC32C of the first 12 bytes.
@@ -43,28 +43,18 @@ pub fn file_header(kind: FileKind) -> [u8; 16] {
 fn check_file_header(path: &Path, h: &[u8; 16], kind: FileKind) -> Result<()> {
     let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     if h[..8] != MAGIC || crc != crc32c::crc32c(&h[..12]) {
-        return Err(Error::corruption(
-            path,
-            0,
-            "bad file header (not a latchkey log, or damaged)",
-        ));
+        return Err(Error::corruption(path, 0, "bad file header (not a latchkey log, or damaged)"));
     }
     let version = u16::from_le_bytes([h[8], h[9]]);
     if version != FORMAT_VERSION {
         return Err(Error::Incompatible {
             path: path.to_owned(),
-            reason: format!(
-                "log format version {version}; this build reads version {FORMAT_VERSION}"
-            ),
+            reason: format!("log format version {version}; this build reads version {FORMAT_VERSION}"),
         });
     }
     let k = u16::from_le_bytes([h[10], h[11]]);
     if k != kind as u16 {
-        return Err(Error::corruption(
-            path,
-            0,
-            format!("file kind {k}, expected {}", kind as u16),
-        ));
+        return Err(Error::corruption(path, 0, format!("file kind {k}, expected {}", kind as u16)));
     }
     Ok(())
 }
@@ -83,10 +73,7 @@ impl LogWriter {
         let file = File::create_new(path)?;
         file.write_all_at(&file_header(kind), 0)?;
         file.sync_data()?;
-        Ok(LogWriter {
-            file,
-            len: FILE_HEADER_LEN,
-        })
+        Ok(LogWriter { file, len: FILE_HEADER_LEN })
     }
 
     /// Continues an existing log whose valid records end at `len` (anything
@@ -185,37 +172,23 @@ pub fn scan(
     let file_len = file.len()?;
     if file_len < FILE_HEADER_LEN {
         if mode == TailMode::Newest && is_blank_or_header_prefix(&file, file_len, kind)? {
-            return Ok(ScanEnd {
-                valid_len: 0,
-                file_len,
-                headerless: true,
-            });
+            return Ok(ScanEnd { valid_len: 0, file_len, headerless: true });
         }
-        return Err(Error::corruption(
-            path,
-            0,
-            "file is shorter than its header",
-        ));
+        return Err(Error::corruption(path, 0, "file is shorter than its header"));
     }
     let mut header = [0u8; 16];
     file.read_exact_at(&mut header, 0)?;
     check_file_header(path, &header, kind)?;
 
     let mut reader = BufReader::with_capacity(1 << 20, file.std());
-    reader
-        .seek(SeekFrom::Start(FILE_HEADER_LEN))
-        .map_err(|e| Error::io(path, e))?;
+    reader.seek(SeekFrom::Start(FILE_HEADER_LEN)).map_err(|e| Error::io(path, e))?;
     let mut pos = FILE_HEADER_LEN;
     let mut buf = Vec::new();
     let mut batch: Option<PendingBatch> = None;
     while pos < file_len {
-        let fault = match read_record(&mut reader, &mut buf, file_len - pos, path)? {
-            Ok(()) => None,
-            Err(e) => Some(e),
-        };
-        let decoded = match fault {
-            None => codec::decode(&buf).map(|(r, _)| r),
-            Some(e) => Err(e),
+        let decoded = match read_record(&mut reader, &mut buf, file_len - pos, path)? {
+            Ok(()) => codec::decode(&buf).map(|(r, _)| r),
+            Err(e) => Err(e),
         };
         let record = match decoded {
             Ok(r) => r,
@@ -228,67 +201,35 @@ pub fn scan(
         match record.kind {
             Kind::BatchBegin => {
                 if batch.is_some() {
-                    return Err(Error::corruption(
-                        path,
-                        pos,
-                        "batch begins inside another batch",
-                    ));
+                    return Err(Error::corruption(path, pos, "batch begins inside another batch"));
                 }
                 let count = codec::read_u32(record.value).unwrap_or(u32::MAX);
-                batch = Some(PendingBatch {
-                    offset: pos,
-                    seq: record.seq,
-                    count,
-                    records: Vec::new(),
-                });
+                batch = Some(PendingBatch { offset: pos, seq: record.seq, count, records: Vec::new() });
             }
             Kind::BatchEnd => {
                 let Some(b) = batch.take() else {
                     return Err(Error::corruption(path, pos, "batch end without a batch"));
                 };
                 if b.seq != record.seq || b.count as usize != b.records.len() {
-                    return Err(Error::corruption(
-                        path,
-                        pos,
-                        "batch end does not match its batch",
-                    ));
+                    return Err(Error::corruption(path, pos, "batch end does not match its batch"));
                 }
                 for (offset, raw) in &b.records {
-                    let (record, n) = codec::decode(raw)
-                        .map_err(|e| Error::corruption(path, *offset, e.to_string()))?;
-                    f(Found {
-                        offset: *offset,
-                        len: n as u32,
-                        record,
-                    })?;
+                    let (record, n) =
+                        codec::decode(raw).map_err(|e| Error::corruption(path, *offset, e.to_string()))?;
+                    f(Found { offset: *offset, len: n as u32, record })?;
                 }
             }
             _ => match &mut batch {
                 Some(b) => b.records.push((pos, buf.clone())),
-                None => f(Found {
-                    offset: pos,
-                    len,
-                    record,
-                })?,
+                None => f(Found { offset: pos, len, record })?,
             },
         }
         pos += len as u64;
     }
     if let Some(b) = batch {
-        return tail_fault(
-            &file,
-            pos,
-            b.offset,
-            file_len,
-            mode,
-            DecodeError::Incomplete { needed: None },
-        );
+        return tail_fault(&file, pos, b.offset, file_len, mode, DecodeError::Incomplete { needed: None });
     }
-    Ok(ScanEnd {
-        valid_len: pos,
-        file_len,
-        headerless: false,
-    })
+    Ok(ScanEnd { valid_len: pos, file_len, headerless: false })
 }
 
 struct PendingBatch {
@@ -309,25 +250,19 @@ fn read_record(
         return Ok(Err(DecodeError::Incomplete { needed: None }));
     }
     let mut header = [0u8; HEADER_LEN];
-    reader
-        .read_exact(&mut header)
-        .map_err(|e| Error::io(path, e))?;
+    reader.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
     let body = match codec::body_len(&header) {
         Ok(n) => n,
         Err(e) => return Ok(Err(e)),
     };
     let total = HEADER_LEN + body;
     if total as u64 > remaining {
-        return Ok(Err(DecodeError::Incomplete {
-            needed: Some(total),
-        }));
+        return Ok(Err(DecodeError::Incomplete { needed: Some(total) }));
     }
     buf.clear();
     buf.extend_from_slice(&header);
     buf.resize(total, 0);
-    reader
-        .read_exact(&mut buf[HEADER_LEN..])
-        .map_err(|e| Error::io(path, e))?;
+    reader.read_exact(&mut buf[HEADER_LEN..]).map_err(|e| Error::io(path, e))?;
     Ok(Ok(()))
 }
 
@@ -338,14 +273,7 @@ fn read_record(
 /// with zeroes where data never landed. So the fault is torn only when, in
 /// the newest log, nothing after `pos` is a whole record and the bytes from
 /// `pos` are not a whole record with a damaged length or checksum.
-fn tail_fault(
-    file: &File,
-    pos: u64,
-    valid: u64,
-    file_len: u64,
-    mode: TailMode,
-    e: DecodeError,
-) -> Result<ScanEnd> {
+fn tail_fault(file: &File, pos: u64, valid: u64, file_len: u64, mode: TailMode, e: DecodeError) -> Result<ScanEnd> {
     let damage = || Error::corruption(file.path(), pos, e.to_string());
     if mode == TailMode::Sealed {
         return Err(damage());
@@ -353,10 +281,8 @@ fn tail_fault(
     let mut rest = vec![0u8; (file_len - pos) as usize];
     file.read_exact_at(&mut rest, pos)?;
     let zeroes = rest.iter().all(|&b| b == 0);
-    let whole_but_damaged =
-        !matches!(e, DecodeError::Incomplete { .. }) || codec::valid_with_length(&rest);
-    if !zeroes && (whole_but_damaged || (1..rest.len()).any(|i| codec::decode(&rest[i..]).is_ok()))
-    {
+    let whole_but_damaged = !matches!(e, DecodeError::Incomplete { .. }) || codec::valid_with_length(&rest);
+    if !zeroes && (whole_but_damaged || (1..rest.len()).any(|i| codec::decode(&rest[i..]).is_ok())) {
         return Err(damage());
     }
     tracing::warn!(
@@ -365,11 +291,7 @@ fn tail_fault(
         bytes = file_len - valid,
         "cutting off a torn write at the end of the newest log"
     );
-    Ok(ScanEnd {
-        valid_len: valid,
-        file_len,
-        headerless: false,
-    })
+    Ok(ScanEnd { valid_len: valid, file_len, headerless: false })
 }
 
 /// A file shorter than a header is a crash artefact only if it is a prefix

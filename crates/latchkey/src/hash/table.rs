@@ -1,0 +1,279 @@
+//! The key table: the hint file of a merge. An open-addressing hash table
+//! of every key a merge wrote, with its location, stored as one flat,
+//! checksummed file that is loaded with a single read and used in place.
+//! Startup therefore costs one sequential read per merge, not one hash
+//! insert per key. Byte layout (all little-endian):
+//!
+//! ```text
+//! 0    16           file header (magic, version, kind = 4, crc)
+//! 16   u64 count    entries
+//! 24   u64 bits     the slot array has 2^bits slots (load factor <= 1/2)
+//! 32   u64 nsegs    then nsegs x u64 segment ids
+//! ..   u64 keybytes
+//! ..   2^bits x u32 slots: 0 = empty, else entry index + 1
+//! ..   count x 48-byte entries:
+//!        u64 key offset, u32 key length, u32 segment index,
+//!        u64 record offset, u64 seq, u64 expires_at, u32 record length, u32 zero
+//! ..   keybytes of keys, back to back
+//! ..   u32 CRC32C of everything after the file header
+//! ```
+
+use std::path::Path;
+
+use super::keydir::Loc;
+use super::segment::SegId;
+use crate::error::{Error, Result};
+use crate::fs::File;
+use crate::log::{file_header, FileKind, FILE_HEADER_LEN};
+
+const ENTRY_LEN: usize = 48;
+
+/// A loaded (or empty) key table.
+#[derive(Debug, Default)]
+pub(crate) struct KeyTable {
+    buf: Vec<u8>,
+    count: usize,
+    bits: u32,
+    segs: Vec<SegId>,
+    slots_at: usize,
+    entries_at: usize,
+    keys_at: usize,
+}
+
+fn hash(key: &[u8]) -> u32 {
+    crc32c::crc32c(key).wrapping_mul(0x9E37_79B1)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+impl KeyTable {
+    /// Encodes a table of `entries` (keys must be distinct) as file bytes.
+    pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Vec<u8> {
+        let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).collect();
+        segs.sort_unstable();
+        segs.dedup();
+        let bits = (entries.len().max(1) * 2).next_power_of_two().trailing_zeros();
+        let key_bytes: usize = entries.iter().map(|(k, _)| k.len()).sum();
+        let mut out = Vec::with_capacity(64 + segs.len() * 8 + (4 << bits) + entries.len() * ENTRY_LEN + key_bytes);
+        out.extend_from_slice(&file_header(FileKind::KeyTable));
+        for x in [entries.len() as u64, bits as u64, segs.len() as u64] {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        for s in &segs {
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out.extend_from_slice(&(key_bytes as u64).to_le_bytes());
+        let slots_at = out.len();
+        out.resize(slots_at + (4 << bits), 0);
+        let mask = (1usize << bits) - 1;
+        let mut key_off = 0u64;
+        let mut keys = Vec::with_capacity(key_bytes);
+        for (i, (key, loc)) in entries.iter().enumerate() {
+            let mut slot = (hash(key) >> (32 - bits.max(1))) as usize & mask;
+            while u32_at(&out, slots_at + slot * 4) != 0 {
+                slot = (slot + 1) & mask;
+            }
+            out[slots_at + slot * 4..slots_at + slot * 4 + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+            let seg_idx = segs.binary_search(&loc.seg).unwrap_or(0) as u32;
+            let mut e = [0u8; ENTRY_LEN];
+            e[0..8].copy_from_slice(&key_off.to_le_bytes());
+            e[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
+            e[12..16].copy_from_slice(&seg_idx.to_le_bytes());
+            e[16..24].copy_from_slice(&loc.offset.to_le_bytes());
+            e[24..32].copy_from_slice(&loc.seq.to_le_bytes());
+            e[32..40].copy_from_slice(&loc.expires_at.to_le_bytes());
+            e[40..44].copy_from_slice(&loc.len.to_le_bytes());
+            keys.extend_from_slice(key);
+            key_off += key.len() as u64;
+            out.extend_from_slice(&e);
+        }
+        out.extend_from_slice(&keys);
+        let crc = crc32c::crc32c(&out[FILE_HEADER_LEN as usize..]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Reads and verifies the table at `path`.
+    pub(crate) fn load(path: &Path) -> Result<KeyTable> {
+        let file = File::open_read(path)?;
+        let len = file.len()? as usize;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, 0)?;
+        Self::parse(path, buf)
+    }
+
+    /// Verifies encoded table bytes (as [`KeyTable::encode`] made them) that
+    /// belong to the file at `path`.
+    pub(crate) fn from_bytes(path: &Path, buf: Vec<u8>) -> Result<KeyTable> {
+        Self::parse(path, buf)
+    }
+
+    /// Bytes of the encoded table.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn parse(path: &Path, buf: Vec<u8>) -> Result<KeyTable> {
+        let bad = |at: usize, why: &str| Error::corruption(path, at as u64, why.to_string());
+        let h = FILE_HEADER_LEN as usize;
+        if buf.len() < h + 40 || buf[..h] != file_header(FileKind::KeyTable) {
+            return Err(bad(0, "bad key table header"));
+        }
+        let body_end = buf.len() - 4;
+        if crc32c::crc32c(&buf[h..body_end]) != u32_at(&buf, body_end) {
+            return Err(bad(h, "key table checksum mismatch"));
+        }
+        let count = u64_at(&buf, h) as usize;
+        let bits = u64_at(&buf, h + 8);
+        let nsegs = u64_at(&buf, h + 16) as usize;
+        if bits > 31 || count > (1usize << bits) || nsegs > count.max(1) {
+            return Err(bad(h, "impossible key table sizes"));
+        }
+        let segs_at = h + 24;
+        let keys_len_at = segs_at + nsegs * 8;
+        if keys_len_at + 8 > body_end {
+            return Err(bad(h, "key table is cut short"));
+        }
+        let segs = (0..nsegs).map(|i| u64_at(&buf, segs_at + i * 8)).collect();
+        let key_bytes = u64_at(&buf, keys_len_at) as usize;
+        let slots_at = keys_len_at + 8;
+        let entries_at = slots_at + (4usize << bits);
+        let keys_at = entries_at + count * ENTRY_LEN;
+        if keys_at.checked_add(key_bytes) != Some(body_end) {
+            return Err(bad(h, "key table sizes do not add up"));
+        }
+        let t = KeyTable { count, bits: bits as u32, segs, slots_at, entries_at, keys_at, buf };
+        t.validate_entries(path)?;
+        Ok(t)
+    }
+
+    /// Every entry's key and segment must lie inside the table, so that
+    /// later lookups can index without checks failing.
+    fn validate_entries(&self, path: &Path) -> Result<()> {
+        let key_bytes = self.buf.len() - 4 - self.keys_at;
+        for i in 0..self.count {
+            let at = self.entries_at + i * ENTRY_LEN;
+            let (off, len) = (u64_at(&self.buf, at) as usize, u32_at(&self.buf, at + 8) as usize);
+            let seg = u32_at(&self.buf, at + 12) as usize;
+            if off.checked_add(len).is_none_or(|end| end > key_bytes) || seg >= self.segs.len() {
+                return Err(Error::corruption(path, at as u64, "key table entry out of range"));
+            }
+        }
+        for s in 0..1usize << self.bits {
+            if u32_at(&self.buf, self.slots_at + s * 4) as usize > self.count {
+                return Err(Error::corruption(path, (self.slots_at + s * 4) as u64, "key table slot out of range"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of keys.
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The data segments the table points into.
+    pub(crate) fn segments(&self) -> &[SegId] {
+        &self.segs
+    }
+
+    fn entry(&self, i: usize) -> (&[u8], Loc) {
+        let b = &self.buf;
+        let at = self.entries_at + i * ENTRY_LEN;
+        let off = self.keys_at + u64_at(b, at) as usize;
+        let key = &b[off..off + u32_at(b, at + 8) as usize];
+        let loc = Loc {
+            seg: self.segs[u32_at(b, at + 12) as usize],
+            offset: u64_at(b, at + 16),
+            seq: u64_at(b, at + 24),
+            expires_at: u64_at(b, at + 32),
+            len: u32_at(b, at + 40),
+        };
+        (key, loc)
+    }
+
+    /// Where `key` lies, if the table has it.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Loc> {
+        if self.count == 0 {
+            return None;
+        }
+        let mask = (1usize << self.bits) - 1;
+        let mut slot = (hash(key) >> (32 - self.bits.max(1))) as usize & mask;
+        loop {
+            let e = u32_at(&self.buf, self.slots_at + slot * 4) as usize;
+            if e == 0 {
+                return None;
+            }
+            let (k, loc) = self.entry(e - 1);
+            if k == key {
+                return Some(loc);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// Record bytes per segment of every entry.
+    pub(crate) fn live_bytes(&self) -> std::collections::BTreeMap<SegId, u64> {
+        let mut live = std::collections::BTreeMap::new();
+        for (_, loc) in self.iter() {
+            *live.entry(loc.seg).or_default() += loc.len as u64;
+        }
+        live
+    }
+
+    /// Every key and its location, in table order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Loc)> + '_ {
+        (0..self.count).map(|i| self.entry(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(i: u64) -> Loc {
+        Loc { seg: 7 + i % 3, offset: i * 10, len: 30, seq: i, expires_at: 0 }
+    }
+
+    #[test]
+    fn every_key_is_found_and_absent_keys_are_not() {
+        let entries: Vec<(Box<[u8]>, Loc)> =
+            (0..1000u64).map(|i| (format!("k{i}").into_bytes().into_boxed_slice(), loc(i))).collect();
+        let bytes = KeyTable::encode(&entries);
+        let t = KeyTable::parse(Path::new("t"), bytes).unwrap();
+        assert_eq!(t.len(), 1000);
+        for (k, l) in &entries {
+            assert_eq!(t.get(k), Some(*l));
+        }
+        assert_eq!(t.get(b"absent"), None);
+        assert_eq!(t.iter().count(), 1000);
+        assert_eq!(t.segments(), &[7, 8, 9]);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_damage() {
+        let entries: Vec<(Box<[u8]>, Loc)> = (0..5u64).map(|i| (vec![i as u8; 3].into_boxed_slice(), loc(i))).collect();
+        let bytes = KeyTable::encode(&entries);
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(KeyTable::parse(Path::new("t"), b).is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn an_empty_table_works() {
+        let t = KeyTable::parse(Path::new("t"), KeyTable::encode(&[])).unwrap();
+        assert_eq!((t.len(), t.get(b"x")), (0, None));
+    }
+}
