@@ -67,6 +67,11 @@ impl KeyDir {
         }
     }
 
+    /// True if the base holds no key.
+    pub(crate) fn base_is_empty(&self) -> bool {
+        self.base.len() == 0
+    }
+
     /// The number of keys (expired ones not yet reclaimed included).
     pub(crate) fn len(&self) -> usize {
         let mut n = self.base.len();
@@ -120,6 +125,14 @@ impl KeyDir {
     pub(crate) fn put(&mut self, key: &[u8], loc: Loc) {
         *self.live.entry(loc.seg).or_default() += loc.len as u64;
         self.set(key, Slot::Live(loc));
+    }
+
+    /// Points `key` at `loc` unless a write since the merge's cut already
+    /// has an overlay entry for it (used when a merge wrote no key table).
+    pub(crate) fn put_if_absent(&mut self, key: &[u8], loc: Loc) {
+        if !self.overlay.contains_key(key) {
+            self.put(key, loc);
+        }
     }
 
     /// Forgets `key` (a newer delete with sequence number `seq`). The

@@ -101,33 +101,35 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
     }
     out.finish()?;
     let table_path = segment::table_path(&inner.dir, base);
-    let table_bytes = KeyTable::encode(&moved);
-    let tmp = tmp_path(&table_path);
-    out.files.push(tmp.clone());
-    let f = crate::fs::File::create_new(&tmp)?;
-    f.write_all_at(&table_bytes, 0)?;
-    f.sync_data()?;
+    let table = match KeyTable::encode(&moved) {
+        Some(bytes) => {
+            let tmp = tmp_path(&table_path);
+            out.files.push(tmp.clone());
+            let f = crate::fs::File::create_new(&tmp)?;
+            f.write_all_at(&bytes, 0)?;
+            f.sync_data()?;
+            Some(KeyTable::from_bytes(&table_path, bytes)?)
+        }
+        None => None,
+    };
     crate::fs::sync_dir(&inner.dir)?;
-    let table = KeyTable::from_bytes(&table_path, table_bytes)?;
-    let base_live = table.live_bytes();
 
     let commit = Commit {
         inputs: inputs.iter().map(|s| s.id).collect(),
         old_tables: table_ids(&inner.dir)?,
         outputs: out.done.clone(),
-        table: Some(base),
+        table: table.is_some().then_some(base),
     };
     let report = MergeReport {
         inputs: inputs.len(),
         outputs: out.done.len(),
         keys: moved.len(),
         bytes_in: inputs.iter().map(|s| s.size()).sum(),
-        bytes_out: out.bytes + table.byte_len() as u64,
+        bytes_out: out.bytes + table.as_ref().map_or(0, |t| t.byte_len() as u64),
     };
-    drop(moved);
     write_commit(&inner.dir, &commit)?;
     out.committed = true;
-    if let Err(e) = install(inner, &commit, &inputs, table, base_live, cut_seq) {
+    if let Err(e) = install(inner, &commit, &inputs, table, moved, cut_seq) {
         // Committed on disk but not in memory: recovery will finish it.
         inner.poison(&e);
         return Err(e);
@@ -217,8 +219,8 @@ fn install(
     inner: &Inner,
     commit: &Commit,
     inputs: &[Arc<Segment>],
-    table: KeyTable,
-    base_live: std::collections::BTreeMap<SegId, u64>,
+    table: Option<KeyTable>,
+    moved: Vec<(Box<[u8]>, Loc)>,
     cut_seq: u64,
 ) -> Result<()> {
     let renames = commit.outputs.iter().map(|&id| segment::data_path(&inner.dir, id));
@@ -229,7 +231,17 @@ fn install(
     let opened = commit.outputs.iter().map(|&id| Segment::open(&inner.dir, id).map(Arc::new));
     let opened: Vec<Arc<Segment>> = opened.collect::<Result<_>>()?;
     inner.segments.write().extend(opened.into_iter().map(|s| (s.id, s)));
-    inner.keydir.write().install_base(table, base_live, cut_seq);
+    // Without a table (keys over 4 GiB), the moved keys go in the overlay.
+    let table = table.unwrap_or_default();
+    let base_live = table.live_bytes();
+    let mut kd = inner.keydir.write();
+    kd.install_base(table, base_live, cut_seq);
+    if kd.base_is_empty() {
+        for (key, loc) in &moved {
+            kd.put_if_absent(key, *loc);
+        }
+    }
+    drop(kd);
     {
         let mut segs = inner.segments.write();
         for s in inputs {

@@ -36,7 +36,7 @@ pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     let ids = data_segments(dir)?;
     let table = load_table(dir, &ids)?;
     let covered: Vec<SegId> = table.segments().to_vec();
-    let mut max_seq = table.iter().map(|(_, l)| l.seq).max().unwrap_or(0);
+    let mut max_seq = table.max_seq();
     let table_keys = table.len();
     let mut keydir = KeyDir::new(table);
     let mut scanned = 0;

@@ -8,15 +8,20 @@
 //! 0    16           file header (magic, version, kind = 4, crc)
 //! 16   u64 count    entries
 //! 24   u64 bits     the slot array has 2^bits slots (load factor <= 1/2)
-//! 32   u64 nsegs    then nsegs x u64 segment ids
-//! ..   u64 keybytes
+//! 32   u64 max_seq  the highest sequence number of any entry
+//! 40   u64 nsegs    then nsegs x u64 segment ids
+//! ..   u64 keybytes (below 2^32)
 //! ..   2^bits x u32 slots: 0 = empty, else entry index + 1
-//! ..   count x 48-byte entries:
-//!        u64 key offset, u32 key length, u32 segment index,
-//!        u64 record offset, u64 seq, u64 expires_at, u32 record length, u32 zero
+//! ..   count x 32-byte entries:
+//!        u32 key offset, u32 key length, u32 segment index, u32 record length,
+//!        u64 record offset, u64 expires_at
 //! ..   keybytes of keys, back to back
 //! ..   u32 CRC32C of everything after the file header
 //! ```
+//!
+//! Entries carry no sequence number: every segment the table does not
+//! cover was written after the merge that wrote it, so any record found
+//! there is newer than the table's entry for its key.
 
 use std::path::Path;
 
@@ -26,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::fs::File;
 use crate::log::{file_header, FileKind, FILE_HEADER_LEN};
 
-const ENTRY_LEN: usize = 48;
+const ENTRY_LEN: usize = 32;
 
 /// A loaded (or empty) key table.
 #[derive(Debug, Default)]
@@ -34,6 +39,7 @@ pub(crate) struct KeyTable {
     buf: Vec<u8>,
     count: usize,
     bits: u32,
+    max_seq: u64,
     segs: Vec<SegId>,
     slots_at: usize,
     entries_at: usize,
@@ -57,16 +63,22 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl KeyTable {
-    /// Encodes a table of `entries` (keys must be distinct) as file bytes.
-    pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Vec<u8> {
+    /// Encodes a table of `entries` (keys must be distinct) as file bytes,
+    /// or `None` if its keys add up to 4 GiB or more (then the merge writes
+    /// no table and startup reads the data segments instead).
+    pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Option<Vec<u8>> {
         let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).collect();
         segs.sort_unstable();
         segs.dedup();
         let bits = (entries.len().max(1) * 2).next_power_of_two().trailing_zeros();
         let key_bytes: usize = entries.iter().map(|(k, _)| k.len()).sum();
+        if key_bytes > u32::MAX as usize || entries.len() >= u32::MAX as usize {
+            return None;
+        }
+        let max_seq = entries.iter().map(|(_, l)| l.seq).max().unwrap_or(0);
         let mut out = Vec::with_capacity(64 + segs.len() * 8 + (4 << bits) + entries.len() * ENTRY_LEN + key_bytes);
         out.extend_from_slice(&file_header(FileKind::KeyTable));
-        for x in [entries.len() as u64, bits as u64, segs.len() as u64] {
+        for x in [entries.len() as u64, bits as u64, max_seq, segs.len() as u64] {
             out.extend_from_slice(&x.to_le_bytes());
         }
         for s in &segs {
@@ -76,7 +88,7 @@ impl KeyTable {
         let slots_at = out.len();
         out.resize(slots_at + (4 << bits), 0);
         let mask = (1usize << bits) - 1;
-        let mut key_off = 0u64;
+        let mut key_off = 0u32;
         let mut keys = Vec::with_capacity(key_bytes);
         for (i, (key, loc)) in entries.iter().enumerate() {
             let mut slot = (hash(key) >> (32 - bits.max(1))) as usize & mask;
@@ -86,21 +98,20 @@ impl KeyTable {
             out[slots_at + slot * 4..slots_at + slot * 4 + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
             let seg_idx = segs.binary_search(&loc.seg).unwrap_or(0) as u32;
             let mut e = [0u8; ENTRY_LEN];
-            e[0..8].copy_from_slice(&key_off.to_le_bytes());
-            e[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
-            e[12..16].copy_from_slice(&seg_idx.to_le_bytes());
+            e[0..4].copy_from_slice(&key_off.to_le_bytes());
+            e[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+            e[8..12].copy_from_slice(&seg_idx.to_le_bytes());
+            e[12..16].copy_from_slice(&loc.len.to_le_bytes());
             e[16..24].copy_from_slice(&loc.offset.to_le_bytes());
-            e[24..32].copy_from_slice(&loc.seq.to_le_bytes());
-            e[32..40].copy_from_slice(&loc.expires_at.to_le_bytes());
-            e[40..44].copy_from_slice(&loc.len.to_le_bytes());
+            e[24..32].copy_from_slice(&loc.expires_at.to_le_bytes());
             keys.extend_from_slice(key);
-            key_off += key.len() as u64;
+            key_off += key.len() as u32;
             out.extend_from_slice(&e);
         }
         out.extend_from_slice(&keys);
         let crc = crc32c::crc32c(&out[FILE_HEADER_LEN as usize..]);
         out.extend_from_slice(&crc.to_le_bytes());
-        out
+        Some(out)
     }
 
     /// Reads and verifies the table at `path`.
@@ -126,7 +137,7 @@ impl KeyTable {
     fn parse(path: &Path, buf: Vec<u8>) -> Result<KeyTable> {
         let bad = |at: usize, why: &str| Error::corruption(path, at as u64, why.to_string());
         let h = FILE_HEADER_LEN as usize;
-        if buf.len() < h + 40 || buf[..h] != file_header(FileKind::KeyTable) {
+        if buf.len() < h + 48 || buf[..h] != file_header(FileKind::KeyTable) {
             return Err(bad(0, "bad key table header"));
         }
         let body_end = buf.len() - 4;
@@ -135,11 +146,12 @@ impl KeyTable {
         }
         let count = u64_at(&buf, h) as usize;
         let bits = u64_at(&buf, h + 8);
-        let nsegs = u64_at(&buf, h + 16) as usize;
+        let max_seq = u64_at(&buf, h + 16);
+        let nsegs = u64_at(&buf, h + 24) as usize;
         if bits > 31 || count > (1usize << bits) || nsegs > count.max(1) {
             return Err(bad(h, "impossible key table sizes"));
         }
-        let segs_at = h + 24;
+        let segs_at = h + 32;
         let keys_len_at = segs_at + nsegs * 8;
         if keys_len_at + 8 > body_end {
             return Err(bad(h, "key table is cut short"));
@@ -152,7 +164,7 @@ impl KeyTable {
         if keys_at.checked_add(key_bytes) != Some(body_end) {
             return Err(bad(h, "key table sizes do not add up"));
         }
-        let t = KeyTable { count, bits: bits as u32, segs, slots_at, entries_at, keys_at, buf };
+        let t = KeyTable { count, bits: bits as u32, max_seq, segs, slots_at, entries_at, keys_at, buf };
         t.validate_entries(path)?;
         Ok(t)
     }
@@ -163,8 +175,8 @@ impl KeyTable {
         let key_bytes = self.buf.len() - 4 - self.keys_at;
         for i in 0..self.count {
             let at = self.entries_at + i * ENTRY_LEN;
-            let (off, len) = (u64_at(&self.buf, at) as usize, u32_at(&self.buf, at + 8) as usize);
-            let seg = u32_at(&self.buf, at + 12) as usize;
+            let (off, len) = (u32_at(&self.buf, at) as usize, u32_at(&self.buf, at + 4) as usize);
+            let seg = u32_at(&self.buf, at + 8) as usize;
             if off.checked_add(len).is_none_or(|end| end > key_bytes) || seg >= self.segs.len() {
                 return Err(Error::corruption(path, at as u64, "key table entry out of range"));
             }
@@ -190,16 +202,21 @@ impl KeyTable {
     fn entry(&self, i: usize) -> (&[u8], Loc) {
         let b = &self.buf;
         let at = self.entries_at + i * ENTRY_LEN;
-        let off = self.keys_at + u64_at(b, at) as usize;
-        let key = &b[off..off + u32_at(b, at + 8) as usize];
+        let off = self.keys_at + u32_at(b, at) as usize;
+        let key = &b[off..off + u32_at(b, at + 4) as usize];
         let loc = Loc {
-            seg: self.segs[u32_at(b, at + 12) as usize],
+            seg: self.segs[u32_at(b, at + 8) as usize],
+            len: u32_at(b, at + 12),
             offset: u64_at(b, at + 16),
-            seq: u64_at(b, at + 24),
-            expires_at: u64_at(b, at + 32),
-            len: u32_at(b, at + 40),
+            expires_at: u64_at(b, at + 24),
+            seq: 0,
         };
         (key, loc)
+    }
+
+    /// The highest sequence number of any entry.
+    pub(crate) fn max_seq(&self) -> u64 {
+        self.max_seq
     }
 
     /// Where `key` lies, if the table has it.
@@ -249,12 +266,13 @@ mod tests {
     fn every_key_is_found_and_absent_keys_are_not() {
         let entries: Vec<(Box<[u8]>, Loc)> =
             (0..1000u64).map(|i| (format!("k{i}").into_bytes().into_boxed_slice(), loc(i))).collect();
-        let bytes = KeyTable::encode(&entries);
+        let bytes = KeyTable::encode(&entries).unwrap();
         let t = KeyTable::parse(Path::new("t"), bytes).unwrap();
         assert_eq!(t.len(), 1000);
         for (k, l) in &entries {
-            assert_eq!(t.get(k), Some(*l));
+            assert_eq!(t.get(k), Some(Loc { seq: 0, ..*l }));
         }
+        assert_eq!(t.max_seq(), 999);
         assert_eq!(t.get(b"absent"), None);
         assert_eq!(t.iter().count(), 1000);
         assert_eq!(t.segments(), &[7, 8, 9]);
@@ -263,7 +281,7 @@ mod tests {
     #[test]
     fn any_flipped_bit_is_damage() {
         let entries: Vec<(Box<[u8]>, Loc)> = (0..5u64).map(|i| (vec![i as u8; 3].into_boxed_slice(), loc(i))).collect();
-        let bytes = KeyTable::encode(&entries);
+        let bytes = KeyTable::encode(&entries).unwrap();
         for bit in 0..bytes.len() * 8 {
             let mut b = bytes.clone();
             b[bit / 8] ^= 1 << (bit % 8);
@@ -273,7 +291,7 @@ mod tests {
 
     #[test]
     fn an_empty_table_works() {
-        let t = KeyTable::parse(Path::new("t"), KeyTable::encode(&[])).unwrap();
+        let t = KeyTable::parse(Path::new("t"), KeyTable::encode(&[]).unwrap()).unwrap();
         assert_eq!((t.len(), t.get(b"x")), (0, None));
     }
 }
