@@ -324,3 +324,103 @@ impl Drop for Outputs<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Db, Engine, Options};
+    use std::collections::BTreeMap;
+
+    fn names(dir: &Path, ext: &str) -> Vec<(SegId, String)> {
+        let mut v: Vec<_> = crate::fs::list(dir)
+            .unwrap()
+            .into_iter()
+            .filter_map(|n| segment::parse_name(&n).filter(|(_, e)| *e == ext).map(|(id, _)| (id, n.clone())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn copy(from: &Path, to: &Path, name: &str, as_name: &str) {
+        std::fs::copy(from.join(name), to.join(as_name)).unwrap();
+    }
+
+    /// Builds the directory a crash would leave in the middle of a merge:
+    /// the pre-merge files plus the merge's outputs as `.tmp`, and (if
+    /// `committed`) the commit file. Returns it with the expected contents.
+    fn interrupted_merge(committed: bool) -> (tempfile::TempDir, BTreeMap<Vec<u8>, Vec<u8>>) {
+        let opts = Options { segment_size: 4096, merge_min_dead_bytes: u64::MAX, ..Options::new(Engine::Hash) };
+        let before = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::new();
+        {
+            let db = Db::open(before.path(), opts.clone()).unwrap();
+            for round in 0..3u8 {
+                for k in 0..60u8 {
+                    db.put([k], [round; 90]).unwrap();
+                    model.insert(vec![k], vec![round; 90]);
+                }
+                if round == 0 {
+                    db.compact().unwrap(); // so that an old key table exists too
+                }
+            }
+            for k in 0..10u8 {
+                db.delete([k]).unwrap();
+                model.remove(&vec![k]);
+            }
+        }
+        let after = tempfile::tempdir().unwrap();
+        for (_, n) in names(before.path(), "data").into_iter().chain(names(before.path(), "keys")) {
+            copy(before.path(), after.path(), &n, &n);
+        }
+        std::fs::copy(before.path().join(crate::IDENTITY_FILE), after.path().join(crate::IDENTITY_FILE)).unwrap();
+        Db::open(after.path(), opts).unwrap().compact().unwrap();
+
+        let crashed = before;
+        let old_data: Vec<SegId> = names(crashed.path(), "data").into_iter().map(|(id, _)| id).collect();
+        let old_tables: Vec<SegId> = names(crashed.path(), "keys").into_iter().map(|(id, _)| id).collect();
+        let new_tables: Vec<(SegId, String)> =
+            names(after.path(), "keys").into_iter().filter(|(id, _)| !old_tables.contains(id)).collect();
+        let (table_id, table_name) = new_tables.last().cloned().unwrap();
+        let outputs: Vec<(SegId, String)> = names(after.path(), "data")
+            .into_iter()
+            .filter(|(id, _)| id & 0xffff_ffff != 0 && (id >> 32) == (table_id >> 32))
+            .collect();
+        assert!(!outputs.is_empty());
+        for (_, n) in &outputs {
+            copy(after.path(), crashed.path(), n, &format!("{n}.tmp"));
+        }
+        copy(after.path(), crashed.path(), &table_name, &format!("{table_name}.tmp"));
+        if committed {
+            let commit = Commit {
+                inputs: old_data,
+                old_tables,
+                outputs: outputs.iter().map(|(id, _)| *id).collect(),
+                table: Some(table_id),
+            };
+            write_commit(crashed.path(), &commit).unwrap();
+        }
+        (crashed, model)
+    }
+
+    fn assert_holds(dir: &Path, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
+        let db = Db::open(dir, Options::new(Engine::Hash)).unwrap();
+        let got: BTreeMap<Vec<u8>, Vec<u8>> = db.scan::<&[u8], _>(..).unwrap().map(|r| r.unwrap()).collect();
+        assert_eq!(&got, model);
+        let leftovers: Vec<String> =
+            crate::fs::list(dir).unwrap().into_iter().filter(|n| n.ends_with(".tmp") || n == MERGE_FILE).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert_eq!(names(dir, "keys").len(), 1, "exactly one key table should remain");
+    }
+
+    #[test]
+    fn crash_after_merge_commit_is_finished_by_recovery() {
+        let (dir, model) = interrupted_merge(true);
+        assert_holds(dir.path(), &model);
+    }
+
+    #[test]
+    fn crash_before_merge_commit_is_undone_by_recovery() {
+        let (dir, model) = interrupted_merge(false);
+        assert_holds(dir.path(), &model);
+    }
+}

@@ -1,0 +1,93 @@
+//! The `Db` contract that does not depend on the engine's internals:
+//! limits, the directory lock, group commit, errors.
+
+mod common;
+
+use std::sync::Arc;
+
+use latchkey::{Db, Engine, Error, Options, WriteBatch};
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    for &engine in Engine::all() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::new(engine)).unwrap();
+        let err = Db::open(dir.path(), Options::new(engine)).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(db);
+        Db::open(dir.path(), Options::new(engine)).expect("lock released on drop");
+    }
+}
+
+#[test]
+fn oversized_keys_and_values_are_refused_with_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let err = db.put(vec![0u8; latchkey::MAX_KEY_LEN + 1], b"v").unwrap_err();
+    assert!(matches!(err, Error::TooLarge { what: "key", .. }), "{err}");
+    let err = db.put(b"k", vec![0u8; latchkey::MAX_VALUE_LEN + 1]).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { what: "value", .. }), "{err}");
+    assert!(err.to_string().contains(&latchkey::MAX_VALUE_LEN.to_string()));
+    db.put(vec![1u8; latchkey::MAX_KEY_LEN], b"largest key").unwrap();
+    assert_eq!(db.get(vec![1u8; latchkey::MAX_KEY_LEN]).unwrap(), Some(b"largest key".to_vec()));
+    assert_eq!(db.stats().keys, 1, "a refused write must leave nothing");
+}
+
+#[test]
+fn a_directory_that_is_not_latchkeys_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let err = Db::open(dir.path(), Options::default()).unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    let missing = dir.path().join("missing");
+    let err = Db::open(&missing, Options { create_if_missing: false, ..Options::default() }).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs() {
+    for &engine in Engine::all() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path(), Options::new(engine)).unwrap());
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let db = Arc::clone(&db);
+                std::thread::spawn(move || {
+                    for i in 0..100u8 {
+                        db.put([t, i], [i; 10]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = db.stats();
+        assert_eq!(s.writes, 800);
+        assert!(s.syncs < 800, "{engine}: {} fsyncs for 800 concurrent writes: no group commit", s.syncs);
+        assert!(s.syncs > 0);
+    }
+}
+
+#[test]
+fn a_closed_database_refuses_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let other = db.clone();
+    db.close().unwrap();
+    assert!(matches!(other.get(b"k"), Err(Error::Closed)));
+    assert!(matches!(other.put(b"k", b"v"), Err(Error::Closed)));
+}
+
+#[test]
+fn an_empty_batch_is_a_no_op_and_later_changes_win_within_a_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.write(WriteBatch::new()).unwrap();
+    assert_eq!(db.stats().writes, 0);
+    let mut b = WriteBatch::new();
+    b.put(b"k", b"1").delete(b"k").put(b"k", b"2").put(b"j", b"x").delete(b"j");
+    db.write(b).unwrap();
+    assert_eq!((db.get(b"k").unwrap(), db.get(b"j").unwrap()), (Some(b"2".to_vec()), None));
+}

@@ -1,0 +1,221 @@
+//! Merge and key-table scenarios of the `hash` engine.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use latchkey::{Db, Engine, Options, Sync};
+
+fn value_for(key: u64, version: u64) -> Vec<u8> {
+    let mut v = format!("{key}:{version}:").into_bytes();
+    v.resize(64, b'.');
+    v
+}
+
+fn parse_value(v: &[u8]) -> (u64, u64) {
+    let s = std::str::from_utf8(v).unwrap();
+    let mut it = s.split(':');
+    (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap())
+}
+
+/// Merges run back to back while 2 writers and 2 readers work. Readers
+/// always see a value that was written for that key, never an error.
+#[test]
+fn merge_under_two_writers_and_two_readers() {
+    const KEYS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { sync: Sync::Never, ..common::small_options(Engine::Hash, true) };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS).map(|_| AtomicU64::new(0)).collect());
+    for k in 0..KEYS {
+        db.put(k.to_be_bytes(), value_for(k, 0)).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut threads = Vec::new();
+    for w in 0..2u64 {
+        let (db, started, stop) = (db.clone(), Arc::clone(&started), Arc::clone(&stop));
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
+                let k = (n * 7 % (KEYS / 2)) * 2 + w; // each writer owns half the keys
+                let v = started[k as usize].fetch_add(1, Ordering::SeqCst) + 1;
+                db.put(k.to_be_bytes(), value_for(k, v)).unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    for r in 0..2u64 {
+        let (db, started, stop) = (db.clone(), Arc::clone(&started), Arc::clone(&stop));
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 5_000_000 {
+                let k = (n * 11 + r) % KEYS;
+                let v = db.get(k.to_be_bytes()).expect("read failed during merge").expect("key vanished");
+                let (key, version) = parse_value(&v);
+                assert_eq!(key, k, "value of another key");
+                assert!(version <= started[k as usize].load(Ordering::SeqCst), "a version never written");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut merges = 0;
+    while Instant::now() < deadline {
+        db.compact().unwrap();
+        merges += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let counts: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(merges >= 3, "only {merges} merges ran");
+    assert!(counts.iter().all(|&c| c > 100), "a thread made no progress: {counts:?}");
+    for k in 0..KEYS {
+        let (key, version) = parse_value(&db.get(k.to_be_bytes()).unwrap().unwrap());
+        assert_eq!((key, version), (k, started[k as usize].load(Ordering::SeqCst)));
+    }
+}
+
+/// After every key is overwritten 10 times, a merge brings the files on
+/// disk within 1.5x of the live records.
+#[test]
+fn merge_brings_space_within_1_5x_after_ten_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { sync: Sync::Never, segment_size: 1 << 20, ..common::small_options(Engine::Hash, false) };
+    let db = Db::open(dir.path(), opts).unwrap();
+    for round in 0..11u64 {
+        for k in 0..5000u64 {
+            let mut v = [0u8; 100];
+            v[..8].copy_from_slice(&round.to_le_bytes());
+            db.put(format!("{k:016}"), v).unwrap();
+        }
+    }
+    let before = db.stats();
+    assert!(before.space_amplification() > 10.0, "{before}");
+    db.compact().unwrap();
+    let after = db.stats();
+    let on_disk: u64 = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    let ratio = on_disk as f64 / after.live_bytes as f64;
+    assert!(ratio <= 1.5, "{on_disk} bytes on disk for {} live: {ratio:.2}x", after.live_bytes);
+    assert_eq!(after.keys, 5000);
+}
+
+/// Merge starts by itself once the dead fraction passes the threshold.
+#[test]
+fn merge_starts_by_itself_past_the_dead_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options { sync: Sync::Never, ..common::small_options(Engine::Hash, true) }).unwrap();
+    for round in 0..20u8 {
+        for k in 0..50u8 {
+            db.put([k], [round; 100]).unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.stats().merges == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = db.stats();
+    assert!(s.merges > 0, "no merge started: {s}");
+    for k in 0..50u8 {
+        assert_eq!(db.get([k]).unwrap(), Some(vec![19u8; 100]));
+    }
+}
+
+/// A damaged key table is not trusted: startup reads the data segments.
+#[test]
+fn damaged_key_table_falls_back_to_reading_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::small_options(Engine::Hash, false);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    for k in 0..300u32 {
+        db.put(k.to_be_bytes(), k.to_le_bytes()).unwrap();
+    }
+    db.delete(7u32.to_be_bytes()).unwrap();
+    db.compact().unwrap();
+    db.put(1u32.to_be_bytes(), b"newer").unwrap();
+    drop(db);
+    let table = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "keys"))
+        .expect("merge wrote a key table");
+    let mut bytes = std::fs::read(&table).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&table, bytes).unwrap();
+    let db = Db::open(dir.path(), opts).unwrap();
+    for k in 0..300u32 {
+        let want = match k {
+            1 => Some(b"newer".to_vec()),
+            7 => None,
+            _ => Some(k.to_le_bytes().to_vec()),
+        };
+        assert_eq!(db.get(k.to_be_bytes()).unwrap(), want, "key {k}");
+    }
+}
+
+/// Expired keys read as absent at once, survive a reopen as expired, and
+/// are not copied by merge.
+#[test]
+fn expired_keys_are_invisible_and_reclaimed_by_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::small_options(Engine::Hash, false);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    let now = latchkey::now_ms();
+    db.put(b"old", b"v0").unwrap();
+    db.put_with_expiry(b"old", b"v1", now + 150).unwrap();
+    db.put_with_expiry(b"later", b"v", now + 3_600_000).unwrap();
+    db.put_with_expiry(b"gone", b"v", now - 1).unwrap();
+    assert_eq!(db.get(b"gone").unwrap(), None);
+    assert_eq!(db.get_with_expiry(b"later").unwrap(), Some((b"v".to_vec(), now + 3_600_000)));
+    assert_eq!(db.get(b"old").unwrap(), Some(b"v1".to_vec()));
+    drop(db);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(db.get_with_expiry(b"later").unwrap(), Some((b"v".to_vec(), now + 3_600_000)), "TTL lost in reopen");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(db.get(b"old").unwrap(), None, "an expired write must not uncover the older value");
+    let scanned: Vec<_> = db.scan::<&[u8], _>(..).unwrap().map(|r| r.unwrap().0).collect();
+    assert_eq!(scanned, vec![b"later".to_vec()]);
+    db.compact().unwrap();
+    assert_eq!(db.stats().keys, 1, "merge should drop expired keys");
+    drop(db);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.get(b"old").unwrap(), None);
+    assert_eq!(db.get(b"later").unwrap(), Some(b"v".to_vec()));
+}
+
+/// A delete that lands while a merge is copying the key must win.
+#[test]
+fn deletes_during_merges_are_not_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { sync: Sync::Never, ..common::small_options(Engine::Hash, false) };
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let merger = {
+        let (db, stop) = (db.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 10_000 {
+                db.compact().unwrap();
+                n += 1;
+            }
+        })
+    };
+    for round in 0..300u32 {
+        for k in 0..20u32 {
+            db.put((round * 100 + k).to_be_bytes(), [1u8; 50]).unwrap();
+        }
+        for k in 0..20u32 {
+            db.delete((round * 100 + k).to_be_bytes()).unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    merger.join().unwrap();
+    assert_eq!(db.scan::<&[u8], _>(..).unwrap().count(), 0);
+    db.compact().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.scan::<&[u8], _>(..).unwrap().count(), 0, "a deleted key came back");
+}
