@@ -161,7 +161,7 @@ fn run(engine: Engine, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn model_based_random_operations(ops in proptest::collection::vec(op(), 1..150)) {

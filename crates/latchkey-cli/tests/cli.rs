@@ -1,0 +1,83 @@
+//! The `latchkey` binary, driven as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn latchkey(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_latchkey")).arg("--dir").arg(dir).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn put_get_del_scan_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    for (k, v) in [("b", "2"), ("a", "1"), ("c", "3")] {
+        assert!(latchkey(&dir, &["put", k, v]).status.success());
+    }
+    let got = latchkey(&dir, &["get", "b"]);
+    assert!(got.status.success());
+    assert_eq!(stdout(&got), "2\n");
+    assert_eq!(stdout(&latchkey(&dir, &["scan"])), "a\t1\nb\t2\nc\t3\n");
+    assert_eq!(stdout(&latchkey(&dir, &["scan", "--from", "b", "--reverse"])), "c\t3\nb\t2\n");
+    assert_eq!(stdout(&latchkey(&dir, &["scan", "--to", "c", "--limit", "1"])), "a\t1\n");
+    assert!(latchkey(&dir, &["del", "b"]).status.success());
+    let missing = latchkey(&dir, &["get", "b"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let stats = stdout(&latchkey(&dir, &["stats"]));
+    assert!(stats.contains("keys:                 2"), "{stats}");
+    assert!(latchkey(&dir, &["compact"]).status.success());
+    assert_eq!(stdout(&latchkey(&dir, &["scan"])), "a\t1\nc\t3\n");
+}
+
+#[test]
+fn check_passes_a_clean_directory_and_names_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    for i in 0..50 {
+        assert!(latchkey(&dir, &["put", &format!("key{i}"), "some value"]).status.success());
+    }
+    let ok = latchkey(&dir, &["check", "--quiet"]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("no damage"));
+
+    let data = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "data"))
+        .unwrap();
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[200] ^= 0x01;
+    std::fs::write(&data, bytes).unwrap();
+    let bad = latchkey(&dir, &["check", "--quiet"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let out = stdout(&bad);
+    let name = data.file_name().unwrap().to_str().unwrap();
+    assert!(out.contains("DAMAGE") && out.contains(name) && out.contains("offset"), "{out}");
+}
+
+#[test]
+fn errors_are_messages_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = latchkey(&tmp.path().join("nothing-here"), &["get", "k"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.starts_with("latchkey: ") && !err.contains("panicked"), "{err}");
+    let check = latchkey(&tmp.path().join("nothing-here"), &["check"]);
+    assert_eq!(check.status.code(), Some(2));
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for cmd in ["put", "get", "del", "scan", "check", "compact", "stats", "bench"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_latchkey")).args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success(), "{cmd} --help failed");
+        assert!(stdout(&o).contains("Usage:"), "{cmd}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_latchkey")).arg("--help").output().unwrap();
+    let text = stdout(&o);
+    assert!(text.contains("--dir") && text.contains("--engine") && text.contains("--sync"), "{text}");
+}
