@@ -81,3 +81,15 @@ fn every_command_explains_itself() {
     let text = stdout(&o);
     assert!(text.contains("--dir") && text.contains("--engine") && text.contains("--sync"), "{text}");
 }
+
+#[test]
+fn a_directory_open_in_another_process_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = latchkey::Db::open(tmp.path(), latchkey::Options::default()).unwrap();
+    db.put(b"k", b"v").unwrap();
+    let o = latchkey(tmp.path(), &["get", "k"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in use"), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(db);
+    assert_eq!(stdout(&latchkey(tmp.path(), &["get", "k"])), "v\n");
+}

@@ -8,6 +8,12 @@ use std::sync::Arc;
 use latchkey::{Db, Engine, Error, Options, WriteBatch};
 
 #[test]
+fn db_is_send_sync_and_cheap_to_clone() {
+    fn shareable<T: Send + Sync + Clone>() {}
+    shareable::<Db>();
+}
+
+#[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     for &engine in Engine::all() {
         let dir = tempfile::tempdir().unwrap();

@@ -148,7 +148,8 @@ impl KeyTable {
         let bits = u64_at(&buf, h + 8);
         let max_seq = u64_at(&buf, h + 16);
         let nsegs = u64_at(&buf, h + 24) as usize;
-        if bits > 31 || count > (1usize << bits) || nsegs > count.max(1) {
+        // At most half the slots are used, so every probe ends at an empty one.
+        if bits > 31 || count * 2 > (1usize << bits) || nsegs > count.max(1) {
             return Err(bad(h, "impossible key table sizes"));
         }
         let segs_at = h + 32;
@@ -181,10 +182,16 @@ impl KeyTable {
                 return Err(Error::corruption(path, at as u64, "key table entry out of range"));
             }
         }
+        let mut used = 0;
         for s in 0..1usize << self.bits {
-            if u32_at(&self.buf, self.slots_at + s * 4) as usize > self.count {
+            let e = u32_at(&self.buf, self.slots_at + s * 4) as usize;
+            if e > self.count {
                 return Err(Error::corruption(path, (self.slots_at + s * 4) as u64, "key table slot out of range"));
             }
+            used += usize::from(e != 0);
+        }
+        if used != self.count {
+            return Err(Error::corruption(path, self.slots_at as u64, "key table slots do not match its entries"));
         }
         Ok(())
     }
