@@ -34,7 +34,33 @@ impl Op {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     pub(crate) ops: Vec<Op>,
+    pub(crate) fences: Vec<Fence>,
     bytes: usize,
+    /// Set by latchkey itself for writes to its reserved keys.
+    pub(crate) system: bool,
+}
+
+/// A fencing token carried by a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    pub(crate) lock: Vec<u8>,
+    pub(crate) token: u64,
+    /// Reject the batch if the token is below the highest seen (a client's
+    /// fenced write); otherwise only raise the highest (a new grant).
+    pub(crate) check: bool,
+}
+
+/// Keys that start with this prefix are latchkey's own (fencing tokens,
+/// lock grants). User writes to them are refused, and scans skip them.
+pub const RESERVED_PREFIX: &[u8] = b"\xff\xfflatchkey\x00";
+
+/// Whether `key` is in latchkey's reserved keyspace.
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
+
+pub(crate) fn fence_key(lock: &[u8]) -> Vec<u8> {
+    [RESERVED_PREFIX, b"fence\x00", lock].concat()
 }
 
 impl WriteBatch {
@@ -66,14 +92,43 @@ impl WriteBatch {
         self
     }
 
+    /// Makes the batch a *fenced write*: it is applied only if `token` is
+    /// at least the highest fencing token the store has seen for `lock`,
+    /// and that highest token is raised to `token` in the same atomic
+    /// batch. Otherwise the whole batch is refused with
+    /// [`Error::StaleToken`](crate::Error::StaleToken), naming both tokens.
+    ///
+    /// ```
+    /// # fn main() -> latchkey::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let db = latchkey::Db::open(dir.path(), latchkey::Options::default())?;
+    /// let mut b = latchkey::WriteBatch::new();
+    /// b.put(b"report", b"by holder 34").fence(b"report-lock", 34);
+    /// db.write(b)?;
+    /// let mut stale = latchkey::WriteBatch::new();
+    /// stale.put(b"report", b"by a paused holder 33").fence(b"report-lock", 33);
+    /// assert!(matches!(db.write(stale), Err(latchkey::Error::StaleToken { highest: 34, .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn fence(&mut self, lock: impl AsRef<[u8]>, token: u64) -> &mut Self {
+        self.fences.push(Fence { lock: lock.as_ref().to_vec(), token, check: true });
+        self
+    }
+
+    /// Raises `lock`'s highest token to `token` without checking (grants).
+    pub(crate) fn raise_fence(&mut self, lock: &[u8], token: u64) -> &mut Self {
+        self.fences.push(Fence { lock: lock.to_vec(), token, check: false });
+        self
+    }
+
     /// The number of changes in the batch.
     pub fn len(&self) -> usize {
         self.ops.len()
     }
 
-    /// True if the batch holds no change.
+    /// True if the batch holds no change and no fence.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.fences.is_empty()
     }
 
     /// Bytes of keys and values in the batch.
@@ -84,6 +139,7 @@ impl WriteBatch {
     /// Removes every change.
     pub fn clear(&mut self) {
         self.ops.clear();
+        self.fences.clear();
         self.bytes = 0;
     }
 
@@ -94,6 +150,11 @@ impl WriteBatch {
         }
         for op in &self.ops {
             check_key(op.key())?;
+            if !self.system && is_reserved(op.key()) {
+                return Err(Error::InvalidArgument(
+                    "keys starting with \\xff\\xfflatchkey\\x00 are reserved for latchkey itself".into(),
+                ));
+            }
             if let Op::Put { value, .. } = op {
                 if value.len() > MAX_VALUE_LEN {
                     return Err(Error::TooLarge { what: "value", len: value.len(), max: MAX_VALUE_LEN });

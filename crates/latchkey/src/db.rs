@@ -4,7 +4,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::batch::{check_key, WriteBatch};
+use crate::batch::{check_key, fence_key, is_reserved, WriteBatch};
 use crate::error::{Error, Result};
 use crate::options::{Engine, Options};
 
@@ -95,7 +95,8 @@ impl std::fmt::Display for Stats {
 /// What every engine implements; `Db` forwards to it.
 pub(crate) trait Store: Send + Sync {
     fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>>;
-    fn write(&self, batch: &WriteBatch) -> Result<()>;
+    /// Appends `batch`; if `durable`, returns once the sync policy is met.
+    fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()>;
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter>;
     fn sync(&self) -> Result<()>;
     fn compact(&self) -> Result<()>;
@@ -127,6 +128,8 @@ pub(crate) trait Store: Send + Sync {
 pub struct Db {
     store: Arc<dyn Store>,
     engine: Engine,
+    /// Held while a fenced write checks and raises its tokens.
+    fences: Arc<parking_lot::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -211,7 +214,7 @@ impl Db {
         let store: Arc<dyn Store> = match opts.engine {
             Engine::Hash => Arc::new(crate::hash::HashStore::open(dir, opts.clone())?),
         };
-        Ok(Db { store, engine: opts.engine })
+        Ok(Db { store, engine: opts.engine, fences: Arc::default() })
     }
 
     /// The engine behind this database.
@@ -253,23 +256,76 @@ impl Db {
     }
 
     /// Applies every change of `batch`, or none. Under `Sync::Always` the
-    /// batch is durable when this returns.
+    /// batch is durable when this returns. A batch with fences
+    /// ([`WriteBatch::fence`]) is refused whole if any token is stale.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.write_inner(batch, true)
+    }
+
+    /// Like [`Db::write`], but returns as soon as the batch is applied and
+    /// readable, without waiting for the sync policy: a later
+    /// [`Db::sync`] makes it durable (and shares one fsync with every
+    /// other write pending). For servers that acknowledge after a sync.
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<()> {
+        self.write_inner(batch, false)
+    }
+
+    fn write_inner(&self, mut batch: WriteBatch, durable: bool) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         batch.validate()?;
-        self.store.write(&batch)
+        if batch.fences.is_empty() {
+            return self.store.write(&batch, durable);
+        }
+        // Check and raise every token under one lock, in the same batch as
+        // the write, so no other fenced write can slip between.
+        let _fenced = self.fences.lock();
+        let now = now_ms();
+        let fences = std::mem::take(&mut batch.fences);
+        batch.system = true; // validated above; now it may write fence keys
+        for f in &fences {
+            let key = fence_key(&f.lock);
+            let highest = self.store.get(&key, now)?.and_then(|(v, _)| crate::codec::read_u64(&v)).unwrap_or(0);
+            if f.check && f.token < highest {
+                return Err(Error::StaleToken {
+                    lock: String::from_utf8_lossy(&f.lock).into_owned(),
+                    token: f.token,
+                    highest,
+                });
+            }
+            if f.token > highest {
+                batch.put(key, f.token.to_le_bytes());
+            }
+        }
+        self.store.write(&batch, durable)
     }
 
-    /// The live keys in `range`, in order, with their values.
+    /// The highest fencing token the store has seen for `lock` (0 if none).
+    pub fn fence_token(&self, lock: impl AsRef<[u8]>) -> Result<u64> {
+        let v = self.store.get(&fence_key(lock.as_ref()), now_ms())?;
+        Ok(v.and_then(|(v, _)| crate::codec::read_u64(&v)).unwrap_or(0))
+    }
+
+    /// The live keys in `range`, in order, with their values. Keys in
+    /// latchkey's reserved keyspace ([`RESERVED_PREFIX`](crate::RESERVED_PREFIX))
+    /// are skipped.
     ///
     /// On the `hash` engine a scan costs a pass over every key in memory
     /// plus a sort of the matching keys; values are read as the iterator
     /// reaches them.
     pub fn scan<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<Iter> {
         let range = (to_owned_bound(range.start_bound()), to_owned_bound(range.end_bound()));
-        self.store.scan(range, now_ms())
+        let it = self.store.scan(range, now_ms())?;
+        Ok(Iter::new(Box::new(it.filter(|r| r.as_ref().map_or(true, |(k, _)| !is_reserved(k))))))
+    }
+
+    /// Like [`Db::scan`] over latchkey's reserved keyspace (lock state).
+    pub(crate) fn scan_reserved(&self, prefix: &[u8]) -> Result<Iter> {
+        let start = [crate::batch::RESERVED_PREFIX, prefix].concat();
+        let mut end = start.clone();
+        end.push(0xff);
+        self.store.scan((Bound::Included(start), Bound::Included(end)), now_ms())
     }
 
     /// Makes every write so far durable, whatever the sync policy.

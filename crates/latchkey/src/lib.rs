@@ -34,11 +34,13 @@ mod db;
 mod error;
 pub mod fs;
 mod hash;
+pub mod locks;
 pub mod log;
 mod options;
 
-pub use batch::WriteBatch;
+pub use batch::{is_reserved, WriteBatch, RESERVED_PREFIX};
 pub use check::{check, CheckReport};
 pub use db::{identify, now_ms, Db, Iter, KeyValue, Stats, IDENTITY_FILE};
 pub use error::{Error, Result};
+pub use locks::{Grant, LockService};
 pub use options::{Engine, Options, Sync, MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};

@@ -151,9 +151,9 @@ impl Store for HashStore {
         self.inner.get(key, now_ms)
     }
 
-    fn write(&self, batch: &WriteBatch) -> Result<()> {
+    fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
         let lsn = self.inner.append(batch)?;
-        if self.inner.opts.sync == Sync::Always {
+        if durable && self.inner.opts.sync == Sync::Always {
             self.inner.sync_to(lsn)?;
         }
         Ok(())
