@@ -16,18 +16,19 @@ use latchkey::{Db, Engine, Options};
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
-    /// The data directory.
-    #[arg(long, global = true, default_value = "latchkey-data")]
-    dir: PathBuf,
+    /// The data directory [default: latchkey-data].
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
 
-    /// The engine for a new directory: hash (Bitcask).
-    #[arg(long, global = true, default_value = "hash")]
-    engine: Engine,
+    /// The engine for a new directory: hash (Bitcask) [default: hash].
+    #[arg(long, global = true)]
+    engine: Option<Engine>,
 
     /// When writes are fsynced: always (before each write returns), never
-    /// (left to the OS), or a number of milliseconds between background syncs.
-    #[arg(long, global = true, default_value = "always", value_parser = parse_sync)]
-    sync: latchkey::Sync,
+    /// (left to the OS), or a number of milliseconds between background
+    /// syncs [default: always].
+    #[arg(long, global = true, value_parser = parse_sync)]
+    sync: Option<latchkey::Sync>,
 
     #[command(subcommand)]
     command: Command,
@@ -35,6 +36,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the Redis-protocol server (RESP2 and RESP3) on the data directory.
+    ///
+    /// Speaks to redis-cli, redis-benchmark and Redis client libraries, and
+    /// adds fenced locks: LOCK.ACQUIRE, LOCK.RELEASE, LOCK.RENEW, LOCK.INFO,
+    /// and FENCED <lock> <token> <write command> (see docs/LOCKS.md).
+    /// Settings come from the defaults, then --config, then flags.
+    /// Stops cleanly on Ctrl-C or SIGTERM: in-flight commands finish, data
+    /// is synced and the directory lock is released.
+    Serve(ServeArgs),
     /// Set KEY to VALUE.
     Put {
         /// The key (taken as UTF-8 bytes).
@@ -93,6 +103,37 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A config file of `name value` lines (bind, port, dir, engine,
+    /// appendfsync always|everysec|no, requirepass, maxclients,
+    /// proto-max-bulk-len, allow-remote-without-password yes|no).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1]. A non-loopback address
+    /// needs --requirepass (or --allow-remote-without-password).
+    #[arg(long)]
+    bind: Option<String>,
+    /// Port to listen on [default: 6379].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Require clients to AUTH with this password before any command.
+    #[arg(long)]
+    requirepass: Option<String>,
+    /// Most clients connected at once [default: 10000].
+    #[arg(long)]
+    maxclients: Option<usize>,
+    /// The largest argument a client may send, in bytes [default: 64 MiB + 1 KiB].
+    #[arg(long)]
+    proto_max_bulk_len: Option<usize>,
+    /// Listen on a non-loopback address without a password.
+    #[arg(long)]
+    allow_remote_without_password: bool,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log_level: tracing::Level,
+}
+
 fn parse_sync(s: &str) -> Result<latchkey::Sync, String> {
     match s {
         "always" => Ok(latchkey::Sync::Always),
@@ -104,13 +145,24 @@ fn parse_sync(s: &str) -> Result<latchkey::Sync, String> {
     }
 }
 
+impl Cli {
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| PathBuf::from("latchkey-data"))
+    }
+}
+
 fn open(cli: &Cli, create: bool) -> latchkey::Result<Db> {
-    let engine = latchkey::identify(&cli.dir)?.unwrap_or(cli.engine);
-    Db::open(&cli.dir, Options { engine, sync: cli.sync, create_if_missing: create, ..Options::new(engine) })
+    let dir = cli.dir();
+    let engine = latchkey::identify(&dir)?.or(cli.engine).unwrap_or(Engine::Hash);
+    let sync = cli.sync.unwrap_or(latchkey::Sync::Always);
+    Db::open(&dir, Options { engine, sync, create_if_missing: create, ..Options::new(engine) })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = &cli.command {
+        return serve(&cli, args);
+    }
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -163,7 +215,8 @@ fn run(cli: &Cli) -> latchkey::Result<ExitCode> {
                 w(out.write_all(b"\n"))?;
             }
         }
-        Command::Check { quiet } => return check(&cli.dir, *quiet),
+        Command::Check { quiet } => return check(&cli.dir(), *quiet),
+        Command::Serve(_) => unreachable!("handled in main"),
         Command::Compact => {
             let db = open(cli, false)?;
             db.compact()?;
@@ -200,4 +253,78 @@ fn check(dir: &Path, quiet: bool) -> latchkey::Result<ExitCode> {
         if report.is_clean() { "no damage".to_string() } else { format!("{} damaged", report.damage.len()) }
     );
     Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_max_level(args.log_level).with_ansi(ansi).with_writer(std::io::stderr).init();
+    let mut config = latchkey_server::Config::default();
+    let mut settings = || -> Result<(), String> {
+        if let Some(path) = &args.config {
+            config.load_file(path)?;
+        }
+        let sync = cli.sync.map(|s| match s {
+            latchkey::Sync::Always => "always".to_string(),
+            latchkey::Sync::Never => "never".to_string(),
+            latchkey::Sync::Interval(ms) => ms.to_string(),
+        });
+        let flags: [(&str, Option<String>); 9] = [
+            ("dir", cli.dir.as_ref().map(|d| d.display().to_string())),
+            ("engine", cli.engine.map(|e| e.to_string())),
+            ("sync", sync),
+            ("bind", args.bind.clone()),
+            ("port", args.port.map(|p| p.to_string())),
+            ("requirepass", args.requirepass.clone()),
+            ("maxclients", args.maxclients.map(|m| m.to_string())),
+            ("proto-max-bulk-len", args.proto_max_bulk_len.map(|m| m.to_string())),
+            ("allow-remote-without-password", args.allow_remote_without_password.then(|| "yes".to_string())),
+        ];
+        for (name, value) in flags {
+            if let Some(v) = value {
+                config.set(name, &v)?;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = settings() {
+        eprintln!("latchkey: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("latchkey: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = latchkey_server::Server::bind(config.clone()).await?;
+        let addr = server.local_addr().map_err(latchkey_server::ServeError::Io)?;
+        tracing::info!(%addr, dir = %config.dir.display(), engine = %config.engine, "latchkey serving; Ctrl-C to stop");
+        server.run(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -338,9 +338,14 @@ impl Db {
         self.store.compact()
     }
 
-    /// Figures about the engine and its files.
+    /// Figures about the engine and its files. `keys` counts the user's
+    /// keys (latchkey's reserved lock records are not counted).
     pub fn stats(&self) -> Stats {
-        self.store.stats()
+        let mut stats = self.store.stats();
+        // Lock and fence records are latchkey's own, not the user's keys.
+        let reserved = self.scan_reserved(b"").map_or(0, |it| it.count() as u64);
+        stats.keys = stats.keys.saturating_sub(reserved);
+        stats
     }
 
     /// Syncs, stops background work and closes the database for every clone

@@ -1,0 +1,319 @@
+//! The command table: each command's arity, whether it writes, and its
+//! handler. Errors use Redis's wording where clients parse them.
+
+mod keys;
+mod locks;
+mod server;
+mod strings;
+
+use latchkey::WriteBatch;
+
+use crate::resp::Reply;
+use crate::{Client, Shared};
+
+/// What running a command produced.
+pub(crate) enum Outcome {
+    /// Reply now.
+    Reply(Reply),
+    /// Reply once the writes made so far are durable.
+    Wrote(Reply),
+    /// Reply when a queued lock acquire is decided.
+    Block(tokio::sync::oneshot::Receiver<latchkey::Result<Option<latchkey::Grant>>>),
+    /// Reply, then close the connection.
+    Quit(Reply),
+}
+
+/// A cursor over a command's arguments (after the name).
+pub(crate) struct Args {
+    name: String,
+    args: std::vec::IntoIter<Vec<u8>>,
+}
+
+pub(crate) type CmdResult<T> = Result<T, Reply>;
+
+pub(crate) fn not_integer() -> Reply {
+    Reply::err("value is not an integer or out of range")
+}
+
+pub(crate) fn syntax() -> Reply {
+    Reply::err("syntax error")
+}
+
+impl Args {
+    fn wrong_arity(&self) -> Reply {
+        Reply::err(format!("wrong number of arguments for '{}' command", self.name))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.args.len()
+    }
+
+    pub(crate) fn next(&mut self) -> CmdResult<Vec<u8>> {
+        self.args.next().ok_or_else(|| self.wrong_arity())
+    }
+
+    pub(crate) fn next_upper(&mut self) -> Option<String> {
+        self.args.next().map(|a| String::from_utf8_lossy(&a).to_ascii_uppercase())
+    }
+
+    pub(crate) fn next_string(&mut self) -> CmdResult<String> {
+        let a = self.next()?;
+        String::from_utf8(a).map_err(|_| Reply::err("argument is not valid UTF-8"))
+    }
+
+    pub(crate) fn next_i64(&mut self) -> CmdResult<i64> {
+        parse_i64(&self.next()?).ok_or_else(not_integer)
+    }
+
+    pub(crate) fn rest(&mut self) -> Vec<Vec<u8>> {
+        self.args.by_ref().collect()
+    }
+
+    pub(crate) fn done(&self) -> CmdResult<()> {
+        if self.args.len() == 0 {
+            Ok(())
+        } else {
+            Err(syntax())
+        }
+    }
+}
+
+pub(crate) fn parse_i64(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// A write command: computes its batch from the current state (it runs
+/// under the server's write lock, so read-modify-write is atomic).
+type WriteFn = fn(&Shared, &mut Args) -> CmdResult<(Reply, WriteBatch)>;
+/// Any other command.
+type OtherFn = fn(&Shared, &mut Client, &mut Args) -> CmdResult<Outcome>;
+
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    Write(WriteFn),
+    Other(OtherFn),
+}
+
+/// One entry of the command table.
+pub(crate) struct Command {
+    pub(crate) name: &'static str,
+    /// Arguments including the name: n exactly, or -n for at least n.
+    pub(crate) arity: i64,
+    pub(crate) handler: Handler,
+}
+
+pub(crate) const fn w(name: &'static str, arity: i64, f: WriteFn) -> Command {
+    Command { name, arity, handler: Handler::Write(f) }
+}
+
+pub(crate) const fn o(name: &'static str, arity: i64, f: OtherFn) -> Command {
+    Command { name, arity, handler: Handler::Other(f) }
+}
+
+pub(crate) fn table() -> impl Iterator<Item = &'static Command> {
+    strings::COMMANDS.iter().chain(keys::COMMANDS).chain(server::COMMANDS).chain(locks::COMMANDS)
+}
+
+fn lookup(name: &str) -> Option<&'static Command> {
+    table().find(|c| c.name.eq_ignore_ascii_case(name))
+}
+
+/// Runs one command for `client`.
+pub(crate) fn execute(shared: &Shared, client: &mut Client, argv: Vec<Vec<u8>>) -> Outcome {
+    shared.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match run(shared, client, argv, None) {
+        Ok(o) => o,
+        Err(r) => Outcome::Reply(r),
+    }
+}
+
+/// A fence carried by `FENCED lock token <command>`.
+pub(crate) struct FenceArg {
+    lock: String,
+    token: u64,
+}
+
+fn run(shared: &Shared, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<FenceArg>) -> CmdResult<Outcome> {
+    let mut it = argv.into_iter();
+    let Some(raw_name) = it.next() else { return Ok(Outcome::Reply(Reply::Simple("OK"))) };
+    let name = String::from_utf8_lossy(&raw_name).to_ascii_lowercase();
+    let mut args = Args { name: name.clone(), args: it };
+    let Some(cmd) = lookup(&name) else {
+        let shown: Vec<String> =
+            args.rest().iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
+        return Err(Reply::err(format!("unknown command '{name}', with args beginning with: {}", shown.concat())));
+    };
+    if !client.authenticated && !matches!(cmd.name, "auth" | "hello" | "quit") {
+        return Err(Reply::Error("NOAUTH Authentication required.".into()));
+    }
+    let n = args.len() as i64 + 1;
+    if (cmd.arity > 0 && n != cmd.arity) || (cmd.arity < 0 && n < -cmd.arity) {
+        return Err(args.wrong_arity());
+    }
+    match cmd.handler {
+        Handler::Write(f) => {
+            let _writer = shared.write_lock.lock();
+            let (reply, mut batch) = f(shared, &mut args)?;
+            if let Some(fence) = &fence {
+                let granted = shared.locks.info(&fence.lock).last_token;
+                if fence.token > granted {
+                    return Err(Reply::err(format!(
+                        "fencing token {} was never granted for lock '{}' (last granted: {granted})",
+                        fence.token, fence.lock
+                    )));
+                }
+                batch.fence(&fence.lock, fence.token);
+            }
+            if batch.is_empty() {
+                return Ok(Outcome::Reply(reply));
+            }
+            shared.db.write_unsynced(batch).map_err(db_error)?;
+            Ok(Outcome::Wrote(reply))
+        }
+        Handler::Other(_) if fence.is_some() => {
+            Err(Reply::err(format!("FENCED takes a write command; '{name}' does not write")))
+        }
+        Handler::Other(f) => f(shared, client, &mut args),
+    }
+}
+
+/// `FENCED lock token <write command ...>`
+pub(crate) fn fenced(shared: &Shared, client: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
+    let lock = args.next_string()?;
+    let token = u64::try_from(args.next_i64()?).map_err(|_| not_integer())?;
+    let inner = args.rest();
+    if inner.is_empty() {
+        return Err(args.wrong_arity());
+    }
+    if inner[0].eq_ignore_ascii_case(b"fenced") {
+        return Err(Reply::err("FENCED cannot be nested"));
+    }
+    run(shared, client, inner, Some(FenceArg { lock, token }))
+}
+
+/// Maps a storage error to a reply.
+pub(crate) fn db_error(e: latchkey::Error) -> Reply {
+    match e {
+        latchkey::Error::StaleToken { .. } => Reply::Error(format!("STALE {e}")),
+        latchkey::Error::TooLarge { .. } | latchkey::Error::InvalidArgument(_) => Reply::err(e),
+        other => {
+            tracing::error!(error = %other, "storage error");
+            Reply::err(other)
+        }
+    }
+}
+
+/// Redis glob matching (`*`, `?`, `[abc]`, `[^a-z]`, `\x`) on bytes.
+pub(crate) fn glob(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let (mut star, mut star_i) = (None, 0);
+    while i < s.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    star = Some(p);
+                    star_i = i;
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(pattern, p, s[i]) {
+                        if matched {
+                            p = next;
+                            i += 1;
+                            continue;
+                        }
+                    } else if s[i] == b'[' {
+                        p += 1;
+                        i += 1;
+                        continue;
+                    }
+                }
+                b'\\' if p + 1 < pattern.len() && pattern[p + 1] == s[i] => {
+                    p += 2;
+                    i += 1;
+                    continue;
+                }
+                b'\\' if p + 1 < pattern.len() => {}
+                c if c == s[i] => {
+                    p += 1;
+                    i += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some(sp) => {
+                p = sp + 1;
+                star_i += 1;
+                i = star_i;
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the class starting at `pattern[p] == '['`.
+fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
+    let mut j = p + 1;
+    let negate = pattern.get(j) == Some(&b'^');
+    if negate {
+        j += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while j < pattern.len() && (pattern[j] != b']' || first) {
+        first = false;
+        if pattern[j] == b'\\' && j + 1 < pattern.len() {
+            matched |= pattern[j + 1] == c;
+            j += 2;
+        } else if j + 2 < pattern.len() && pattern[j + 1] == b'-' && pattern[j + 2] != b']' {
+            let (lo, hi) = (pattern[j].min(pattern[j + 2]), pattern[j].max(pattern[j + 2]));
+            matched |= (lo..=hi).contains(&c);
+            j += 3;
+        } else {
+            matched |= pattern[j] == c;
+            j += 1;
+        }
+    }
+    if j >= pattern.len() {
+        return None;
+    }
+    Some((matched != negate, j + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn glob_matches_like_redis() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "anything", true),
+            ("h?llo", "hello", true),
+            ("h?llo", "hllo", false),
+            ("h*llo", "heeeello", true),
+            ("h[ae]llo", "hallo", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-b]llo", "hbllo", true),
+            ("user:*:name", "user:42:name", true),
+            ("user:*:name", "user:42:mail", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("", "", true),
+            ("abc", "abcd", false),
+        ];
+        for &(p, s, want) in cases {
+            assert_eq!(glob(p.as_bytes(), s.as_bytes()), want, "{p} ~ {s}");
+        }
+    }
+}

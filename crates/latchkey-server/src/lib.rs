@@ -1,0 +1,285 @@
+//! # latchkey-server
+//!
+//! `latchkey serve`: a Redis-protocol (RESP2 and RESP3) server over a
+//! latchkey [`Db`], with best-effort locks (`SET NX PX` and `DELIFEQ`) and
+//! fenced locks (`LOCK.*` and `FENCED`) whose tokens the store enforces.
+//!
+//! Layout, after tokio's mini-redis: [`resp`] parses requests and encodes
+//! replies, `cmd/` holds the command table and one file per family, and
+//! this file holds the accept loop, connections and shutdown.
+
+mod cmd;
+pub mod config;
+pub mod resp;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use latchkey::{Db, LockService};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, Semaphore};
+
+pub use config::Config;
+use resp::{ParseError, Reply};
+
+/// Counters for INFO.
+#[derive(Default)]
+pub(crate) struct ServerStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) connected: AtomicU64,
+    pub(crate) commands: AtomicU64,
+}
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) db: Db,
+    pub(crate) locks: LockService,
+    pub(crate) config: Config,
+    /// Held while a write command reads, computes and appends, so that
+    /// read-modify-write commands are atomic. Never held across an fsync.
+    pub(crate) write_lock: parking_lot::Mutex<()>,
+    pub(crate) stats: ServerStats,
+    pub(crate) started: Instant,
+}
+
+/// One connection's state.
+pub(crate) struct Client {
+    pub(crate) id: u64,
+    pub(crate) name: Option<String>,
+    pub(crate) resp3: bool,
+    pub(crate) authenticated: bool,
+}
+
+/// Errors that stop the server from starting or end it.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The configuration is unsafe or inconsistent.
+    Config(String),
+    /// Opening the database failed.
+    Db(latchkey::Error),
+    /// Binding or accepting failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Config(s) => write!(f, "{s}"),
+            ServeError::Db(e) => write!(f, "{e}"),
+            ServeError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Checks the configuration, opens the database and binds the port.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        config.check().map_err(ServeError::Config)?;
+        let db = Db::open(&config.dir, config.db_options()).map_err(ServeError::Db)?;
+        let locks = LockService::open(&db).map_err(ServeError::Db)?;
+        let listener = TcpListener::bind((config.bind.as_str(), config.port)).await.map_err(ServeError::Io)?;
+        let shared = Arc::new(Shared {
+            db,
+            locks,
+            config,
+            write_lock: parking_lot::Mutex::new(()),
+            stats: ServerStats::default(),
+            started: Instant::now(),
+        });
+        Ok(Server { listener, shared })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets every
+    /// connection finish the commands it has read (up to 5 s), syncs and
+    /// closes the database (releasing the directory lock).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+        let Server { listener, shared } = self;
+        let (stop_tx, _) = broadcast::channel::<()>(1);
+        let slots = Arc::new(Semaphore::new(shared.config.max_clients));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next_id = 0u64;
+        tokio::pin!(shutdown);
+        loop {
+            let (socket, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            while tasks.try_join_next().is_some() {}
+            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tasks.spawn(async move {
+                    let mut socket = socket;
+                    let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                });
+                continue;
+            };
+            next_id += 1;
+            let (shared, stop) = (Arc::clone(&shared), stop_tx.subscribe());
+            let id = next_id;
+            tasks.spawn(async move {
+                shared.stats.connected.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = connection(&shared, socket, id, stop).await {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: finishing in-flight commands");
+        drop(listener);
+        let _ = stop_tx.send(());
+        let drained =
+            tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("some connections did not finish within 5 s");
+            tasks.abort_all();
+        }
+        let db = shared.db.clone();
+        tokio::task::spawn_blocking(move || db.sync())
+            .await
+            .map_err(|e| ServeError::Io(e.into()))?
+            .map_err(ServeError::Db)?;
+        shared.db.clone().close().map_err(ServeError::Db)?;
+        tracing::info!("data synced; directory released");
+        Ok(())
+    }
+}
+
+/// Makes the writes of a pipeline durable (under `Sync::Always`) before
+/// their replies go out. Concurrent connections share one fsync.
+async fn sync_writes(shared: &Arc<Shared>) -> latchkey::Result<()> {
+    if shared.config.sync != latchkey::Sync::Always {
+        return Ok(());
+    }
+    let db = shared.db.clone();
+    tokio::task::spawn_blocking(move || db.sync()).await.unwrap_or(Err(latchkey::Error::Closed))
+}
+
+/// Serves one client: reads whatever it sent, runs every whole command in
+/// it, syncs once if any of them wrote, then sends all the replies.
+async fn connection(
+    shared: &Arc<Shared>,
+    mut socket: TcpStream,
+    id: u64,
+    mut stop: broadcast::Receiver<()>,
+) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let limits = shared.config.limits;
+    let mut client = Client { id, name: None, resp3: false, authenticated: shared.config.requirepass.is_none() };
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let mut wrote = false;
+        let mut close = false;
+        loop {
+            let (args, used) = match resp::parse(&input, &limits) {
+                Ok(x) => x,
+                Err(ParseError::Incomplete) => break,
+                Err(ParseError::Protocol(msg)) => {
+                    Reply::err(msg).encode(&mut out, client.resp3);
+                    close = true;
+                    break;
+                }
+            };
+            input.advance(used);
+            if args.is_empty() {
+                continue;
+            }
+            match cmd::execute(shared, &mut client, args) {
+                cmd::Outcome::Reply(r) => r.encode(&mut out, client.resp3),
+                cmd::Outcome::Wrote(r) => {
+                    wrote = true;
+                    r.encode(&mut out, client.resp3);
+                }
+                cmd::Outcome::Quit(r) => {
+                    r.encode(&mut out, client.resp3);
+                    close = true;
+                    break;
+                }
+                cmd::Outcome::Block(rx) => {
+                    // Replies so far go out first, as a blocking command's would.
+                    flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                    let r = tokio::select! {
+                        r = rx => r,
+                        _ = stop.recv() => return Ok(()),
+                    };
+                    let reply = match r {
+                        Ok(Ok(Some(g))) => Reply::Int(g.token as i64),
+                        Ok(Ok(None)) => Reply::Null,
+                        Ok(Err(e)) => cmd::db_error(e),
+                        Err(_) => Reply::err("the lock service stopped"),
+                    };
+                    reply.encode(&mut out, client.resp3);
+                }
+            }
+            if out.len() >= 256 * 1024 {
+                break;
+            }
+        }
+        flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+        if close {
+            return Ok(());
+        }
+        if !input.is_empty() && resp::parse(&input, &limits).is_ok() {
+            continue; // more whole commands are already buffered
+        }
+        tokio::select! {
+            n = socket.read_buf(&mut input) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+            }
+            _ = stop.recv() => return Ok(()),
+        }
+    }
+}
+
+async fn flush(
+    shared: &Arc<Shared>,
+    socket: &mut TcpStream,
+    out: &mut Vec<u8>,
+    wrote: &mut bool,
+    resp3: bool,
+) -> std::io::Result<()> {
+    if std::mem::take(wrote) {
+        if let Err(e) = sync_writes(shared).await {
+            // The replies say OK for writes that may not be durable: send
+            // none of them, say why, and close.
+            out.clear();
+            Reply::err(format!("writes of this pipeline may not be durable: {e}")).encode(out, resp3);
+            socket.write_all(out).await?;
+            return Err(std::io::Error::other("sync failed"));
+        }
+    }
+    if !out.is_empty() {
+        socket.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
