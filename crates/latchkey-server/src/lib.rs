@@ -135,7 +135,9 @@ impl Server {
                 shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
                 tasks.spawn(async move {
                     let mut socket = socket;
-                    let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                    if socket.write_all(b"-ERR max number of clients reached\r\n").await.is_ok() {
+                        close_politely(socket).await;
+                    }
                 });
                 continue;
             };
@@ -244,6 +246,7 @@ async fn connection(
         }
         flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
         if close {
+            close_politely(socket).await;
             return Ok(());
         }
         if !input.is_empty() && resp::parse(&input, &limits).is_ok() {
@@ -258,6 +261,22 @@ async fn connection(
             _ = stop.recv() => return Ok(()),
         }
     }
+}
+
+/// Closes after a final reply: stops writing, then reads and drops what
+/// the client still sends (for at most a second), so that the kernel does
+/// not answer its unread bytes with a reset that would destroy the reply.
+async fn close_politely(mut socket: TcpStream) {
+    let _ = socket.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = socket.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 async fn flush(
