@@ -72,7 +72,7 @@ fn errors_are_messages_not_panics() {
 
 #[test]
 fn every_command_explains_itself() {
-    for cmd in ["put", "get", "del", "scan", "check", "compact", "stats", "bench"] {
+    for cmd in ["serve", "put", "get", "del", "scan", "check", "compact", "stats", "bench"] {
         let o = Command::new(env!("CARGO_BIN_EXE_latchkey")).args([cmd, "--help"]).output().unwrap();
         assert!(o.status.success(), "{cmd} --help failed");
         assert!(stdout(&o).contains("Usage:"), "{cmd}");
@@ -92,4 +92,24 @@ fn a_directory_open_in_another_process_is_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("in use"), "{}", String::from_utf8_lossy(&o.stderr));
     drop(db);
     assert_eq!(stdout(&latchkey(tmp.path(), &["get", "k"])), "v\n");
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = latchkey(tmp.path(), &["serve", "--bind", "0.0.0.0", "--port", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("without a password") && err.contains("--requirepass"), "{err}");
+}
+
+#[test]
+fn serve_reports_a_bad_config_file_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("latchkey.conf");
+    std::fs::write(&conf, "port 6390\nmaxclients lots\n").unwrap();
+    let o = latchkey(tmp.path(), &["serve", "--config", conf.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("latchkey.conf:2") && err.contains("maxclients"), "{err}");
 }

@@ -224,12 +224,25 @@ async fn connection(
                     close = true;
                     break;
                 }
-                cmd::Outcome::Block(rx) => {
+                cmd::Outcome::Block(mut waiting) => {
                     // Replies so far go out first, as a blocking command's would.
                     flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
-                    let r = tokio::select! {
-                        r = rx => r,
-                        _ = stop.recv() => return Ok(()),
+                    let r = loop {
+                        tokio::select! {
+                            r = &mut waiting.rx => break r,
+                            _ = stop.recv() => {
+                                waiting.abandon(shared);
+                                return Ok(());
+                            }
+                            // Watch the socket: a client that leaves gives up its place.
+                            n = socket.read_buf(&mut input) => match n {
+                                Ok(n) if n > 0 && input.len() <= limits.max_bulk + 64 * 1024 => continue,
+                                _ => {
+                                    waiting.abandon(shared);
+                                    return Ok(());
+                                }
+                            },
+                        }
                     };
                     let reply = match r {
                         Ok(Ok(Some(g))) => Reply::Int(g.token as i64),

@@ -184,3 +184,32 @@ fn sixty_four_clients_contending_for_one_lock() {
     assert!(max - min <= 2, "unfair: {counts:?}");
     eprintln!("{} acquisitions in 10 s by {CLIENTS} clients (min {min}, max {max})", log.len());
 }
+
+/// A client that disconnects while queued gives up its place: the lock is
+/// not handed to (and held by) nobody.
+#[test]
+fn a_waiter_that_disconnects_gives_up_its_place() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let mut a = server.connect();
+    acquire(&mut a, "l", "A", 30_000, None).unwrap();
+    let mut gone = std::net::TcpStream::connect(server.addr).unwrap();
+    gone.write_all(b"LOCK.ACQUIRE l B 30000 WAIT 20000\r\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let waiters = |con: &mut redis::Connection| {
+        let info: std::collections::HashMap<String, redis::Value> = cmd("LOCK.INFO").arg("l").query(con).unwrap();
+        info.get("waiters") != Some(&redis::Value::Array(vec![]))
+    };
+    while !waiters(&mut a) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(waiters(&mut a), "B never queued");
+    drop(gone);
+    while waiters(&mut a) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!waiters(&mut a), "B stayed queued after leaving");
+    assert_eq!(cmd("LOCK.RELEASE").arg("l").arg("A").query::<i64>(&mut a).unwrap(), 1);
+    assert!(acquire(&mut a, "l", "C", 1_000, None).is_some(), "the lock went to a departed client");
+}

@@ -219,3 +219,24 @@ fn deletes_during_merges_are_not_undone() {
     let db = Db::open(dir.path(), opts).unwrap();
     assert_eq!(db.scan::<&[u8], _>(..).unwrap().count(), 0, "a deleted key came back");
 }
+
+/// Keys whose time ran out are reclaimed in the background, even when no
+/// other byte is dead.
+#[test]
+fn expired_keys_are_reclaimed_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options { sync: Sync::Never, ..common::small_options(Engine::Hash, true) }).unwrap();
+    let at = latchkey::now_ms() + 100;
+    for k in 0..200u32 {
+        db.put_with_expiry(k.to_be_bytes(), [7u8; 100], at).unwrap();
+    }
+    db.put(b"forever", b"v").unwrap();
+    assert_eq!(db.stats().merges, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (db.stats().merges == 0 || db.stats().keys > 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = db.stats();
+    assert!(s.merges > 0 && s.keys == 1, "expired keys not reclaimed: {s}");
+    assert_eq!(db.get(b"forever").unwrap(), Some(b"v".to_vec()));
+}

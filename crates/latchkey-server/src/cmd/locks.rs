@@ -56,7 +56,7 @@ fn acquire(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcom
     match shared.locks.acquire_with(&name, &owner, ttl, wait, done).map_err(super::db_error)? {
         Pending::Done(Some(g)) => Ok(Outcome::Reply(Reply::Int(g.token as i64))),
         Pending::Done(None) => Ok(Outcome::Reply(Reply::Null)),
-        Pending::Queued(_) => Ok(Outcome::Block(rx)),
+        Pending::Queued(id) => Ok(Outcome::Block(super::Waiting { name, owner, id, rx })),
     }
 }
 

@@ -18,9 +18,29 @@ pub(crate) enum Outcome {
     /// Reply once the writes made so far are durable.
     Wrote(Reply),
     /// Reply when a queued lock acquire is decided.
-    Block(tokio::sync::oneshot::Receiver<latchkey::Result<Option<latchkey::Grant>>>),
+    Block(Waiting),
     /// Reply, then close the connection.
     Quit(Reply),
+}
+
+/// A client queued for a lock by `LOCK.ACQUIRE ... WAIT`.
+pub(crate) struct Waiting {
+    pub(crate) name: String,
+    pub(crate) owner: String,
+    pub(crate) id: u64,
+    pub(crate) rx: tokio::sync::oneshot::Receiver<latchkey::Result<Option<latchkey::Grant>>>,
+}
+
+impl Waiting {
+    /// The client went away: leave the queue, or give back a grant that
+    /// was made in the meantime, so the lock is not held by nobody.
+    pub(crate) fn abandon(self, shared: &Shared) {
+        if !shared.locks.cancel(&self.name, self.id) {
+            if let Err(e) = shared.locks.release(&self.name, &self.owner) {
+                tracing::warn!(error = %e, lock = %self.name, "could not release the grant of a departed client");
+            }
+        }
+    }
 }
 
 /// A cursor over a command's arguments (after the name).

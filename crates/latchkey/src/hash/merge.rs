@@ -134,6 +134,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
         inner.poison(&e);
         return Err(e);
     }
+    inner.expired_bytes.store(0, Ordering::Relaxed); // merged away; the next sweep recounts
     inner.counters.merges.fetch_add(1, Ordering::Relaxed);
     inner.counters.disk_bytes.fetch_add(report.bytes_out, Ordering::Relaxed);
     tracing::info!(

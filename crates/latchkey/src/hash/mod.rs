@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     merge_lock: Mutex<()>,
     counters: Counters,
+    /// Bytes of expired records the keydir still points at, as of the last
+    /// sweep; counted as dead for the merge trigger.
+    expired_bytes: AtomicU64,
     _lock: DirLock,
 }
 
@@ -118,6 +121,7 @@ impl HashStore {
             closed: AtomicBool::new(false),
             merge_lock: Mutex::new(()),
             counters: Counters::default(),
+            expired_bytes: AtomicU64::new(0),
             _lock: lock,
         });
         let (tx, rx) = mpsc::channel();
@@ -380,13 +384,26 @@ impl Inner {
         dead >= self.opts.merge_min_dead_bytes && dead as f64 >= self.opts.merge_dead_ratio * total as f64
     }
 
-    /// Dead bytes and total bytes over all segments.
+    /// Dead bytes (expired ones included) and total bytes over all segments.
     fn garbage(&self) -> (u64, u64) {
         let kd = self.keydir.read();
         let segs = self.segments.read();
         let total: u64 = segs.values().map(|s| s.size()).sum();
-        let live: u64 = kd.live.values().sum();
+        let live: u64 = kd.live.values().sum::<u64>().saturating_sub(self.expired_bytes.load(Ordering::Relaxed));
         (total.saturating_sub(live), total)
+    }
+
+    /// Counts the bytes of expired records, so that keys whose time ran out
+    /// are reclaimed by a merge even when nothing else is dead.
+    fn sweep_expired(&self) {
+        let now = crate::db::now_ms();
+        let mut expired = 0u64;
+        self.keydir.read().for_each(|_, loc| {
+            if loc.expired(now) {
+                expired += loc.len as u64;
+            }
+        });
+        self.expired_bytes.store(expired, Ordering::Relaxed);
     }
 
     /// The background thread: interval syncs and automatic merges, until
@@ -399,6 +416,7 @@ impl Inner {
         let tick = sync_every.map_or(self.opts.background_interval, |s| s.min(self.opts.background_interval));
         let mut last_sync = Instant::now();
         let mut last_merge_check = Instant::now();
+        let mut last_sweep = Instant::now();
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
             if sync_every.is_some_and(|every| last_sync.elapsed() >= every) {
                 last_sync = Instant::now();
@@ -406,6 +424,10 @@ impl Inner {
                 if let Err(e) = self.sync_to(lsn) {
                     tracing::error!(error = %e, "interval sync failed");
                 }
+            }
+            if last_sweep.elapsed() >= self.opts.background_interval * 10 {
+                last_sweep = Instant::now();
+                self.sweep_expired();
             }
             if last_merge_check.elapsed() >= self.opts.background_interval {
                 last_merge_check = Instant::now();
