@@ -55,6 +55,15 @@ fn number(line: &[u8], what: &str) -> Result<i64, ParseError> {
 
 /// Parses one command from the start of `buf`: its arguments and the
 /// number of bytes it took. An empty inline line yields no arguments.
+///
+/// ```
+/// use latchkey_server::resp::{parse, Limits, ParseError};
+/// let limits = Limits::default();
+/// let (args, used) = parse(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nrest", &limits).unwrap();
+/// assert_eq!((args, used), (vec![b"GET".to_vec(), b"k".to_vec()], 20));
+/// assert_eq!(parse(b"*2\r\n$3\r\nGE", &limits), Err(ParseError::Incomplete));
+/// assert!(matches!(parse(b"*1\r\n$2147483648\r\n", &limits), Err(ParseError::Protocol(_))));
+/// ```
 pub fn parse(buf: &[u8], limits: &Limits) -> Result<(Vec<Vec<u8>>, usize), ParseError> {
     if buf.is_empty() {
         return Err(ParseError::Incomplete);
