@@ -213,12 +213,20 @@ async fn connection(
             if args.is_empty() {
                 continue;
             }
-            match cmd::execute(shared, &mut client, args) {
+            let mut outcome = cmd::execute(shared, &mut client, args);
+            if let cmd::Outcome::Offload(work) = outcome {
+                let bg = Arc::clone(shared);
+                outcome = tokio::task::spawn_blocking(move || work(&bg))
+                    .await
+                    .unwrap_or_else(|_| cmd::Outcome::Reply(Reply::err("internal error running the command")));
+            }
+            match outcome {
                 cmd::Outcome::Reply(r) => r.encode(&mut out, client.resp3),
                 cmd::Outcome::Wrote(r) => {
                     wrote = true;
                     r.encode(&mut out, client.resp3);
                 }
+                cmd::Outcome::Offload(_) => Reply::err("internal error: nested offload").encode(&mut out, client.resp3),
                 cmd::Outcome::Quit(r) => {
                     r.encode(&mut out, client.resp3);
                     close = true;
@@ -231,14 +239,14 @@ async fn connection(
                         tokio::select! {
                             r = &mut waiting.rx => break r,
                             _ = stop.recv() => {
-                                waiting.abandon(shared);
+                                abandon(shared, waiting);
                                 return Ok(());
                             }
                             // Watch the socket: a client that leaves gives up its place.
                             n = socket.read_buf(&mut input) => match n {
                                 Ok(n) if n > 0 && input.len() <= limits.max_bulk + 64 * 1024 => continue,
                                 _ => {
-                                    waiting.abandon(shared);
+                                    abandon(shared, waiting);
                                     return Ok(());
                                 }
                             },
@@ -274,6 +282,13 @@ async fn connection(
             _ = stop.recv() => return Ok(()),
         }
     }
+}
+
+/// Gives up a queued lock acquire of a departing client, off the runtime
+/// (releasing a grant that raced in syncs the database).
+fn abandon(shared: &Arc<Shared>, waiting: cmd::Waiting) {
+    let bg = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || waiting.abandon(&bg));
 }
 
 /// Closes after a final reply: stops writing, then reads and drops what

@@ -37,7 +37,7 @@ fn millis(args: &mut Args) -> CmdResult<Duration> {
 }
 
 /// `LOCK.ACQUIRE name owner ttl-ms [WAIT ms]`: the fencing token, or nil.
-fn acquire(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
+fn acquire(_: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
     let (name, owner) = (args.next_string()?, args.next_string()?);
     let ttl = millis(args)?;
     let wait = match args.next_upper().as_deref() {
@@ -49,33 +49,43 @@ fn acquire(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcom
         Some(_) => return Err(super::syntax()),
     };
     args.done()?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let done = Box::new(move |r| {
-        let _ = tx.send(r);
-    });
-    match shared.locks.acquire_with(&name, &owner, ttl, wait, done).map_err(super::db_error)? {
-        Pending::Done(Some(g)) => Ok(Outcome::Reply(Reply::Int(g.token as i64))),
-        Pending::Done(None) => Ok(Outcome::Reply(Reply::Null)),
-        Pending::Queued(id) => Ok(Outcome::Block(super::Waiting { name, owner, id, rx })),
-    }
+    Ok(Outcome::Offload(Box::new(move |shared: &Shared| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        match shared.locks.acquire_with(&name, &owner, ttl, wait, done) {
+            Ok(Pending::Done(Some(g))) => Outcome::Reply(Reply::Int(g.token as i64)),
+            Ok(Pending::Done(None)) => Outcome::Reply(Reply::Null),
+            Ok(Pending::Queued(id)) => Outcome::Block(super::Waiting { name, owner, id, rx }),
+            Err(e) => Outcome::Reply(super::db_error(e)),
+        }
+    })))
 }
 
 /// `LOCK.RELEASE name owner`: 1 if released, 0 if `owner` did not hold it.
-fn release(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
+fn release(_: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
     let (name, owner) = (args.next_string()?, args.next_string()?);
-    let r = shared.locks.release(&name, &owner).map_err(super::db_error)?;
-    Ok(Outcome::Reply(Reply::Int(i64::from(r.is_ok()))))
+    Ok(Outcome::Offload(Box::new(move |shared: &Shared| {
+        Outcome::Reply(match shared.locks.release(&name, &owner) {
+            Ok(r) => Reply::Int(i64::from(r.is_ok())),
+            Err(e) => super::db_error(e),
+        })
+    })))
 }
 
 /// `LOCK.RENEW name owner ttl-ms`: the (unchanged) token, or an error once
 /// the lease is lost.
-fn renew(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
+fn renew(_: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
     let (name, owner) = (args.next_string()?, args.next_string()?);
     let ttl = millis(args)?;
-    match shared.locks.renew(&name, &owner, ttl).map_err(super::db_error)? {
-        Ok(g) => Ok(Outcome::Reply(Reply::Int(g.token as i64))),
-        Err(e) => Err(Reply::Error(format!("LOCKLOST {e}"))),
-    }
+    Ok(Outcome::Offload(Box::new(move |shared: &Shared| {
+        Outcome::Reply(match shared.locks.renew(&name, &owner, ttl) {
+            Ok(Ok(g)) => Reply::Int(g.token as i64),
+            Ok(Err(e)) => Reply::Error(format!("LOCKLOST {e}")),
+            Err(e) => super::db_error(e),
+        })
+    })))
 }
 
 /// `LOCK.INFO name`: holder, token, remaining lease (ms), last token, waiters.

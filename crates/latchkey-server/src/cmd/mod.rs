@@ -21,6 +21,9 @@ pub(crate) enum Outcome {
     Block(Waiting),
     /// Reply, then close the connection.
     Quit(Reply),
+    /// Work that may wait on an fsync: run it on the blocking pool, then
+    /// handle the outcome it returns.
+    Offload(Box<dyn FnOnce(&Shared) -> Outcome + Send>),
 }
 
 /// A client queued for a lock by `LOCK.ACQUIRE ... WAIT`.

@@ -150,14 +150,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
 
 /// The ids of the key tables in `dir`.
 pub(super) fn table_ids(dir: &Path) -> Result<Vec<SegId>> {
-    let mut ids: Vec<SegId> = crate::fs::list(dir)?
-        .iter()
-        .filter_map(|n| segment::parse_name(n))
-        .filter(|(_, ext)| *ext == "keys")
-        .map(|(id, _)| id)
-        .collect();
-    ids.sort_unstable();
-    Ok(ids)
+    segment::list_ids(dir, "keys")
 }
 
 fn write_commit(dir: &Path, c: &Commit) -> Result<()> {

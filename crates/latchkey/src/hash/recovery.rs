@@ -101,14 +101,7 @@ fn is_active_id(id: SegId) -> bool {
 
 /// The ids of the data segments in `dir`, oldest first.
 fn data_segments(dir: &Path) -> Result<Vec<SegId>> {
-    let mut ids: Vec<SegId> = crate::fs::list(dir)?
-        .iter()
-        .filter_map(|n| segment::parse_name(n))
-        .filter(|(_, ext)| *ext == "data")
-        .map(|(id, _)| id)
-        .collect();
-    ids.sort_unstable();
-    Ok(ids)
+    segment::list_ids(dir, "data")
 }
 
 /// The newest key table, or an empty one if there is none or it is

@@ -44,6 +44,18 @@ pub(crate) fn parse_name(name: &str) -> Option<(SegId, &str)> {
     Some(((g << 32) | i, ext))
 }
 
+/// The ids of the files in `dir` with extension `ext` (`data`, `keys`), in order.
+pub(crate) fn list_ids(dir: &Path, ext: &str) -> Result<Vec<SegId>> {
+    let mut ids: Vec<SegId> = crate::fs::list(dir)?
+        .iter()
+        .filter_map(|n| parse_name(n))
+        .filter(|(_, e)| *e == ext)
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 /// An open data segment, readable by many threads at once.
 ///
 /// Readers hold an `Arc<Segment>`; a merged-away segment's file is unlinked
