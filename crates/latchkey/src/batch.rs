@@ -1,5 +1,6 @@
 //! Atomic write batches.
 
+use crate::codec::{Kind, Record};
 use crate::error::{Error, Result};
 use crate::options::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 
@@ -141,6 +142,36 @@ impl WriteBatch {
         self.ops.clear();
         self.fences.clear();
         self.bytes = 0;
+    }
+
+    /// Encodes a batch as records: a single change alone, several between
+    /// batch markers. `offsets` gets each change's (offset in `buf`, length).
+    pub(crate) fn encode(&self, seq: u64, buf: &mut Vec<u8>, offsets: &mut Vec<(u64, u32)>) {
+        let batch = self;
+        buf.clear();
+        offsets.clear();
+        let marked = batch.ops.len() > 1;
+        let marker = |kind, buf: &mut Vec<u8>| {
+            Record { kind, seq, expires_at: 0, key: &[], value: &(batch.ops.len() as u32).to_le_bytes() }
+                .encode_into(buf)
+        };
+        if marked {
+            marker(Kind::BatchBegin, buf);
+        }
+        for op in &batch.ops {
+            let start = buf.len();
+            let rec = match op {
+                Op::Put { key, value, expires_at } => {
+                    Record { kind: Kind::Put, seq, expires_at: *expires_at, key, value }
+                }
+                Op::Delete { key } => Record { kind: Kind::Delete, seq, expires_at: 0, key, value: &[] },
+            };
+            rec.encode_into(buf);
+            offsets.push((start as u64, (buf.len() - start) as u32));
+        }
+        if marked {
+            marker(Kind::BatchEnd, buf);
+        }
     }
 
     /// Checks every key and value against the limits.

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{Op, WriteBatch};
-use crate::codec::{Kind, Record};
 use crate::db::{Iter, KeyValue, Stats, Store};
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
@@ -280,7 +279,7 @@ impl Inner {
         let w = &mut *guard;
         let seq = w.next_seq;
         w.next_seq += 1;
-        encode_batch(batch, seq, &mut w.buf, &mut w.offsets);
+        batch.encode(seq, &mut w.buf, &mut w.offsets);
         if w.log.len() + w.buf.len() as u64 > self.opts.segment_size && !w.log.is_empty() {
             self.rotate(w)?;
         }
@@ -436,32 +435,6 @@ impl Inner {
                 }
             }
         }
-    }
-}
-
-/// Encodes a batch as records: a single change alone, several between
-/// batch markers. `offsets` gets each change's (offset in `buf`, length).
-fn encode_batch(batch: &WriteBatch, seq: u64, buf: &mut Vec<u8>, offsets: &mut Vec<(u64, u32)>) {
-    buf.clear();
-    offsets.clear();
-    let marked = batch.ops.len() > 1;
-    let marker = |kind, buf: &mut Vec<u8>| {
-        Record { kind, seq, expires_at: 0, key: &[], value: &(batch.ops.len() as u32).to_le_bytes() }.encode_into(buf)
-    };
-    if marked {
-        marker(Kind::BatchBegin, buf);
-    }
-    for op in &batch.ops {
-        let start = buf.len();
-        let rec = match op {
-            Op::Put { key, value, expires_at } => Record { kind: Kind::Put, seq, expires_at: *expires_at, key, value },
-            Op::Delete { key } => Record { kind: Kind::Delete, seq, expires_at: 0, key, value: &[] },
-        };
-        rec.encode_into(buf);
-        offsets.push((start as u64, (buf.len() - start) as u32));
-    }
-    if marked {
-        marker(Kind::BatchEnd, buf);
     }
 }
 
