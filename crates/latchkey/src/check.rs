@@ -42,5 +42,6 @@ pub fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckReport> {
     let _lock = crate::fs::lock_dir(dir)?;
     match engine {
         Engine::Hash => crate::hash::check(dir, progress),
+        Engine::Lsm => crate::lsm::check(dir, progress),
     }
 }

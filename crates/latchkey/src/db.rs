@@ -61,6 +61,12 @@ pub struct Stats {
     pub syncs: u64,
     /// Merges or compactions finished since open.
     pub merges: u64,
+    /// Bytes written by merges or compactions since open.
+    pub bytes_compacted: u64,
+    /// Times a writer waited because background work fell behind.
+    pub stalls: u64,
+    /// Tables (or files) read per point lookup, on average since open.
+    pub probes_per_get: f64,
 }
 
 impl Stats {
@@ -88,7 +94,10 @@ impl std::fmt::Display for Stats {
         writeln!(f, "disk bytes written:   {}", self.disk_bytes_written)?;
         writeln!(f, "write amplification:  {:.2}", self.write_amplification())?;
         writeln!(f, "fsyncs since open:    {}", self.syncs)?;
-        write!(f, "merges since open:    {}", self.merges)
+        writeln!(f, "merges since open:    {}", self.merges)?;
+        writeln!(f, "bytes compacted:      {}", self.bytes_compacted)?;
+        writeln!(f, "write stalls:         {}", self.stalls)?;
+        write!(f, "probes per get:       {:.2}", self.probes_per_get)
     }
 }
 
@@ -213,6 +222,7 @@ impl Db {
         prepare_dir(dir, &opts)?;
         let store: Arc<dyn Store> = match opts.engine {
             Engine::Hash => Arc::new(crate::hash::HashStore::open(dir, opts.clone())?),
+            Engine::Lsm => Arc::new(crate::lsm::LsmStore::open(dir, opts.clone())?),
         };
         Ok(Db { store, engine: opts.engine, fences: Arc::default() })
     }

@@ -36,6 +36,7 @@ pub mod fs;
 mod hash;
 pub mod locks;
 pub mod log;
+mod lsm;
 mod options;
 
 pub use batch::{is_reserved, WriteBatch, RESERVED_PREFIX};

@@ -11,6 +11,10 @@ pub enum Engine {
     /// Best for many writes to a set of keys that fits in memory. Range scans
     /// cost a pass over every key plus a sort of the matches.
     Hash,
+    /// LSM-tree: memtable and write-ahead log, SSTables with bloom filters,
+    /// leveled compaction. For write-heavy data larger than memory, with
+    /// range scans.
+    Lsm,
 }
 
 impl Engine {
@@ -18,12 +22,13 @@ impl Engine {
     pub fn name(self) -> &'static str {
         match self {
             Engine::Hash => "hash",
+            Engine::Lsm => "lsm",
         }
     }
 
     /// Every engine this build has.
     pub fn all() -> &'static [Engine] {
-        &[Engine::Hash]
+        &[Engine::Hash, Engine::Lsm]
     }
 }
 
@@ -34,7 +39,7 @@ impl std::str::FromStr for Engine {
             .iter()
             .copied()
             .find(|e| e.name() == s)
-            .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash)")))
+            .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash, lsm)")))
     }
 }
 
@@ -80,6 +85,19 @@ pub struct Options {
     pub merge_min_dead_bytes: u64,
     /// How often the background thread looks at the merge trigger.
     pub background_interval: Duration,
+    /// `lsm`: a memtable is flushed to a table once it holds this many bytes.
+    pub memtable_size: usize,
+    /// `lsm`: writers wait while this many full memtables await a flush.
+    pub max_immutable_memtables: usize,
+    /// `lsm`: bytes of decoded blocks kept in the block cache.
+    pub block_cache_size: usize,
+    /// `lsm`: compaction writes tables of about this many bytes.
+    pub target_file_size: u64,
+    /// `lsm`: level 0 is compacted once it has this many tables.
+    pub l0_compaction_trigger: usize,
+    /// `lsm`: level 1 is compacted once it holds this many bytes; each
+    /// deeper level holds 10 times more.
+    pub base_level_bytes: u64,
 }
 
 impl Default for Options {
@@ -92,6 +110,12 @@ impl Default for Options {
             merge_dead_ratio: 0.5,
             merge_min_dead_bytes: 16 << 20,
             background_interval: Duration::from_millis(200),
+            memtable_size: 16 << 20,
+            max_immutable_memtables: 2,
+            block_cache_size: 64 << 20,
+            target_file_size: 4 << 20,
+            l0_compaction_trigger: 4,
+            base_level_bytes: 32 << 20,
         }
     }
 }

@@ -374,6 +374,7 @@ impl Inner {
             disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
             syncs: c.syncs.load(Ordering::Relaxed),
             merges: c.merges.load(Ordering::Relaxed),
+            ..Stats::default()
         }
     }
 

@@ -27,6 +27,12 @@ pub enum FileKind {
     MergeCommit = 3,
     /// A `hash` engine key table (the hint file of a merge); not a log.
     KeyTable = 4,
+    /// An `lsm` engine SSTable; not a log.
+    Table = 5,
+    /// An `lsm` engine manifest.
+    Manifest = 6,
+    /// An `lsm` engine write-ahead log.
+    Wal = 7,
 }
 
 /// The 16-byte file header: magic, version, kind, CRC32C of the first 12 bytes.

@@ -16,6 +16,11 @@ pub fn small_options(engine: Engine, auto_merge: bool) -> Options {
         merge_dead_ratio: 0.3,
         merge_min_dead_bytes: if auto_merge { 2048 } else { u64::MAX },
         background_interval: Duration::from_millis(10),
+        memtable_size: 4096,
+        block_cache_size: 64 * 1024,
+        target_file_size: 8192,
+        l0_compaction_trigger: 2,
+        base_level_bytes: 32 * 1024,
         ..Options::new(engine)
     }
 }

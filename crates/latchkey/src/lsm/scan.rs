@@ -1,0 +1,237 @@
+//! Range scans over a snapshot: the memtables and the version a scan
+//! started with, and the sequence number visible then.
+//!
+//! The scan works in chunks. Each source (a memtable or a table) gives up
+//! to `CHUNK` distinct keys from the current position; the chunk is
+//! complete up to the smallest "last key" among the sources that were cut
+//! short, and only keys up to there are returned before the next chunk
+//! starts after them. Backward is the mirror image. The two ends keep to
+//! their own side of each other, so `next` and `next_back` can be mixed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::memtable::Memtable;
+use super::table::Table;
+use super::version::Version;
+use super::Value;
+use crate::db::KeyValue;
+use crate::error::Result;
+
+const CHUNK: usize = 256;
+
+pub(crate) struct Snapshot {
+    pub(crate) mems: Vec<Arc<Memtable>>,
+    pub(crate) version: Arc<Version>,
+    pub(crate) seq: u64,
+    pub(crate) now: u64,
+}
+
+pub(crate) struct ScanIter {
+    snap: Snapshot,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    front: VecDeque<KeyValue>,
+    back: VecDeque<KeyValue>,
+    done: bool,
+}
+
+type Collected = (Vec<(Vec<u8>, u64, Value)>, bool);
+
+/// Up to `limit` distinct keys of `table` in `bounds`, in scan order.
+fn collect_table(
+    t: &Table,
+    bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    forward: bool,
+    limit: usize,
+) -> Result<Collected> {
+    let mut out = Vec::new();
+    let in_lo = |k: &[u8]| match &bounds.0 {
+        Bound::Included(b) => k >= b.as_slice(),
+        Bound::Excluded(b) => k > b.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let in_hi = |k: &[u8]| match &bounds.1 {
+        Bound::Included(b) => k <= b.as_slice(),
+        Bound::Excluded(b) => k < b.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let blocks = t.blocks();
+    if blocks == 0 {
+        return Ok((out, false));
+    }
+    if forward {
+        let start = match &bounds.0 {
+            Bound::Included(k) | Bound::Excluded(k) => t.block_for(k),
+            Bound::Unbounded => 0,
+        };
+        for i in start..blocks {
+            for (k, seq, v) in t.block(i, None)?.iter() {
+                if !in_lo(k) {
+                    continue;
+                }
+                if !in_hi(k) {
+                    return Ok((out, false));
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push((k.clone(), *seq, v.clone()));
+            }
+        }
+    } else {
+        let start = match &bounds.1 {
+            Bound::Included(k) | Bound::Excluded(k) => t.block_for(k).min(blocks - 1),
+            Bound::Unbounded => blocks - 1,
+        };
+        for i in (0..=start).rev() {
+            for (k, seq, v) in t.block(i, None)?.iter().rev() {
+                if !in_hi(k) {
+                    continue;
+                }
+                if !in_lo(k) {
+                    return Ok((out, false));
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push((k.clone(), *seq, v.clone()));
+            }
+        }
+    }
+    Ok((out, false))
+}
+
+fn overlaps(t: &Table, bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
+    let below = match &bounds.1 {
+        Bound::Included(h) => t.smallest.as_slice() <= h.as_slice(),
+        Bound::Excluded(h) => t.smallest.as_slice() < h.as_slice(),
+        Bound::Unbounded => true,
+    };
+    let above = match &bounds.0 {
+        Bound::Included(l) => t.largest.as_slice() >= l.as_slice(),
+        Bound::Excluded(l) => t.largest.as_slice() > l.as_slice(),
+        Bound::Unbounded => true,
+    };
+    below && above
+}
+
+fn empty_range(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
+    match (lo, hi) {
+        (Bound::Included(l), Bound::Included(h)) => l > h,
+        (Bound::Included(l), Bound::Excluded(h))
+        | (Bound::Excluded(l), Bound::Included(h))
+        | (Bound::Excluded(l), Bound::Excluded(h)) => l >= h,
+        _ => false,
+    }
+}
+
+impl ScanIter {
+    pub(crate) fn new(snap: Snapshot, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Self {
+        ScanIter { snap, lo: range.0, hi: range.1, front: VecDeque::new(), back: VecDeque::new(), done: false }
+    }
+
+    /// Fetches the next chunk from one end. Returns false once the two ends
+    /// have met.
+    fn fetch(&mut self, forward: bool) -> Result<bool> {
+        loop {
+            if self.done || empty_range(&self.lo, &self.hi) {
+                self.done = true;
+                return Ok(false);
+            }
+            let bounds = (self.lo.clone(), self.hi.clone());
+            let mut merged: BTreeMap<Vec<u8>, (u64, Value)> = BTreeMap::new();
+            let mut cut: Option<Vec<u8>> = None;
+            let mut add = |(entries, hit): Collected| {
+                if hit {
+                    let last = entries.last().map(|e| e.0.clone()).unwrap_or_default();
+                    cut = Some(match cut.take() {
+                        None => last,
+                        Some(c) if forward => c.min(last),
+                        Some(c) => c.max(last),
+                    });
+                }
+                for (k, seq, v) in entries {
+                    match merged.get(&k) {
+                        Some((s, _)) if *s >= seq => {}
+                        _ => {
+                            merged.insert(k, (seq, v));
+                        }
+                    }
+                }
+            };
+            for m in &self.snap.mems {
+                add(m.collect(&bounds, self.snap.seq, forward, CHUNK));
+            }
+            for (_, t) in self.snap.version.tables() {
+                if overlaps(t, &bounds) {
+                    add(collect_table(t, &bounds, forward, CHUNK)?);
+                }
+            }
+            // Keys beyond the cut may be missing versions: keep them for later.
+            if let Some(c) = &cut {
+                if forward {
+                    merged.retain(|k, _| k <= c);
+                } else {
+                    merged.retain(|k, _| k >= c);
+                }
+            }
+            if merged.is_empty() && cut.is_none() {
+                self.done = true;
+                return Ok(false);
+            }
+            let edge = if forward { merged.keys().next_back().cloned() } else { merged.keys().next().cloned() };
+            let edge = edge.or(cut).unwrap_or_default();
+            let now = self.snap.now;
+            let live = merged.into_iter().filter_map(|(k, (_, v))| v.live(now).map(|(v, _)| (k, v)));
+            if forward {
+                self.front.extend(live);
+                self.lo = Bound::Excluded(edge);
+                if !self.front.is_empty() {
+                    return Ok(true);
+                }
+            } else {
+                self.back.extend(live.collect::<Vec<_>>().into_iter().rev());
+                self.hi = Bound::Excluded(edge);
+                if !self.back.is_empty() {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for ScanIter {
+    type Item = Result<KeyValue>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.front.is_empty() {
+            match self.fetch(true) {
+                Ok(true) => {}
+                Ok(false) => return self.back.pop_back().map(Ok),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.front.pop_front().map(Ok)
+    }
+}
+
+impl DoubleEndedIterator for ScanIter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.back.is_empty() {
+            match self.fetch(false) {
+                Ok(true) => {}
+                Ok(false) => return self.front.pop_back().map(Ok),
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.back.pop_front().map(Ok)
+    }
+}
