@@ -151,7 +151,9 @@ fn best_reopen(dir: &std::path::Path, opts: &Options, keys: u64) -> latchkey::Re
 fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -209,10 +211,28 @@ fn load(engine: Engine, keys: u64, path: Option<PathBuf>) -> latchkey::Result<()
         (b.probes_per_get * gets_after as f64 - a.probes_per_get * total_before as f64) / n as f64
     };
     println!("engine {engine}: {keys} keys of 16 bytes with 100-byte values");
-    println!("load:          {:>10.1} s  ({:.0} keys/s), {} stalls", load_time.as_secs_f64(), keys as f64 / load_time.as_secs_f64(), loaded.stalls);
-    println!("random gets:   {:>10.0} /s, {:.2} tables probed per get", reads as f64 / hit_time.as_secs_f64(), probes(&loaded, &after_hits, reads, 0));
-    println!("missing gets:  {:>10.0} /s, {:.3} tables probed per get (bloom filters passed)", reads as f64 / miss_time.as_secs_f64(), probes(&after_hits, &after_misses, reads, reads));
-    println!("on disk:       {:>10} bytes in {} files; write amplification {:.2}", after_misses.disk_bytes, after_misses.files, after_misses.write_amplification());
+    println!(
+        "load:          {:>10.1} s  ({:.0} keys/s), {} stalls",
+        load_time.as_secs_f64(),
+        keys as f64 / load_time.as_secs_f64(),
+        loaded.stalls
+    );
+    println!(
+        "random gets:   {:>10.0} /s, {:.2} tables probed per get",
+        reads as f64 / hit_time.as_secs_f64(),
+        probes(&loaded, &after_hits, reads, 0)
+    );
+    println!(
+        "missing gets:  {:>10.0} /s, {:.3} tables probed per get (bloom filters passed)",
+        reads as f64 / miss_time.as_secs_f64(),
+        probes(&after_hits, &after_misses, reads, reads)
+    );
+    println!(
+        "on disk:       {:>10} bytes in {} files; write amplification {:.2}",
+        after_misses.disk_bytes,
+        after_misses.files,
+        after_misses.write_amplification()
+    );
     println!("peak RSS:      {:>10.1} MiB", peak_rss() as f64 / (1 << 20) as f64);
     db.close()
 }

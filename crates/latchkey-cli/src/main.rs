@@ -20,7 +20,8 @@ struct Cli {
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
 
-    /// The engine for a new directory: hash (Bitcask) [default: hash].
+    /// The engine of a new directory: lsm (LSM-tree) or hash (Bitcask)
+    /// [default: lsm]. An existing directory keeps the engine that made it.
     #[arg(long, global = true)]
     engine: Option<Engine>,
 
@@ -153,7 +154,7 @@ impl Cli {
 
 fn open(cli: &Cli, create: bool) -> latchkey::Result<Db> {
     let dir = cli.dir();
-    let engine = latchkey::identify(&dir)?.or(cli.engine).unwrap_or(Engine::Hash);
+    let engine = latchkey::identify(&dir)?.or(cli.engine).unwrap_or(Engine::Lsm);
     let sync = cli.sync.unwrap_or(latchkey::Sync::Always);
     Db::open(&dir, Options { engine, sync, create_if_missing: create, ..Options::new(engine) })
 }

@@ -16,7 +16,7 @@ fn put_get_del_scan_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     for (k, v) in [("b", "2"), ("a", "1"), ("c", "3")] {
-        assert!(latchkey(&dir, &["put", k, v]).status.success());
+        assert!(latchkey(&dir, &["--engine", "hash", "put", k, v]).status.success());
     }
     let got = latchkey(&dir, &["get", "b"]);
     assert!(got.status.success());
@@ -38,7 +38,7 @@ fn check_passes_a_clean_directory_and_names_damage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     for i in 0..50 {
-        assert!(latchkey(&dir, &["put", &format!("key{i}"), "some value"]).status.success());
+        assert!(latchkey(&dir, &["--engine", "hash", "put", &format!("key{i}"), "some value"]).status.success());
     }
     let ok = latchkey(&dir, &["check", "--quiet"]);
     assert!(ok.status.success(), "{}", stdout(&ok));
@@ -112,4 +112,29 @@ fn serve_reports_a_bad_config_file_line() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("latchkey.conf:2") && err.contains("maxclients"), "{err}");
+}
+
+#[test]
+fn check_names_damage_in_an_lsm_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    for i in 0..200 {
+        assert!(latchkey(&dir, &["put", &format!("key{i:03}"), "some value"]).status.success());
+    }
+    assert!(latchkey(&dir, &["compact"]).status.success());
+    let ok = latchkey(&dir, &["check", "--quiet"]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert_eq!(stdout(&latchkey(&dir, &["get", "key150"])), "some value\n");
+    let table = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sst"))
+        .expect("an lsm directory has tables after compact");
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[100] ^= 0x10;
+    std::fs::write(&table, bytes).unwrap();
+    let bad = latchkey(&dir, &["check", "--quiet"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let out = stdout(&bad);
+    assert!(out.contains(table.file_name().unwrap().to_str().unwrap()) && out.contains("offset"), "{out}");
 }

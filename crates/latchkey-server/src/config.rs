@@ -35,7 +35,7 @@ impl Default for Config {
             bind: "127.0.0.1".into(),
             port: 6379,
             dir: PathBuf::from("latchkey-data"),
-            engine: latchkey::Engine::Hash,
+            engine: latchkey::Engine::Lsm,
             sync: latchkey::Sync::Always,
             requirepass: None,
             max_clients: 10_000,

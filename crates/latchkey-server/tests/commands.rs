@@ -132,7 +132,7 @@ fn exercise_server(con: &mut redis::Connection) {
     }
     assert!(info.contains("connected_clients:1"), "{info}");
     let persistence: String = cmd("INFO").arg("persistence").query(con).unwrap();
-    assert!(persistence.contains("engine:hash") && !persistence.contains("# Server"));
+    assert!(persistence.contains("engine:") && !persistence.contains("# Server"));
     let cfg: std::collections::HashMap<String, String> = cmd("CONFIG").arg("GET").arg("appendonly").query(con).unwrap();
     assert_eq!(cfg.get("appendonly").map(String::as_str), Some("yes"));
     assert!(err_text(cmd("GET").query::<()>(con)).contains("wrong number of arguments for 'get' command"));
@@ -141,14 +141,23 @@ fn exercise_server(con: &mut redis::Connection) {
 }
 
 #[test]
-fn every_command_over_resp2() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path());
-    let mut con = server.connect();
-    exercise_strings(&mut con);
-    exercise_expiry(&mut con);
-    exercise_keyspace(&mut con);
-    exercise_server(&mut con);
+fn every_command_over_resp2_on_every_engine() {
+    for &engine in latchkey::Engine::all() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = common::start_with(latchkey_server::Config {
+            dir: dir.path().to_owned(),
+            port: 0,
+            engine,
+            ..Default::default()
+        });
+        let mut con = server.connect();
+        exercise_strings(&mut con);
+        exercise_expiry(&mut con);
+        exercise_keyspace(&mut con);
+        exercise_server(&mut con);
+        let info: String = cmd("INFO").arg("persistence").query(&mut con).unwrap();
+        assert!(info.contains(&format!("engine:{engine}")), "{info}");
+    }
 }
 
 #[test]
