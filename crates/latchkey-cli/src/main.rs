@@ -1,6 +1,7 @@
 //! `latchkey`: the command-line tool for latchkey data directories.
 
 mod bench;
+mod torture;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,29 @@ enum Command {
     /// Measure latchkey on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Crash loop: kill a writing process with SIGKILL at random moments
+    /// and check after each kill that every acknowledged batch is there
+    /// whole, no batch is there in part, and `check` finds no damage.
+    /// Exits 1 on the first loss (keeping the directory for inspection).
+    Torture {
+        /// Engine to torture: lsm or hash.
+        #[arg(long, default_value = "lsm")]
+        engine: Engine,
+        /// How many kills.
+        #[arg(long, default_value_t = 20)]
+        cycles: u64,
+        /// Longest time a writer runs before it is killed, in ms.
+        #[arg(long, default_value_t = 400)]
+        max_ms: u64,
+    },
+    /// (internal) The writer process of `torture`.
+    #[command(hide = true)]
+    TortureChild {
+        #[arg(long)]
+        engine: Engine,
+        #[arg(long)]
+        start: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -229,6 +253,11 @@ fn run(cli: &Cli) -> latchkey::Result<ExitCode> {
             w(writeln!(out, "{}", db.stats()))?;
         }
         Command::Bench(b) => bench::run(b)?,
+        Command::Torture { engine, cycles, max_ms } => {
+            let ok = torture::run(*engine, *cycles, cli.dir.clone(), *max_ms)?;
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Command::TortureChild { engine, start } => torture::child(&cli.dir(), *engine, *start)?,
     }
     Ok(ExitCode::SUCCESS)
 }
