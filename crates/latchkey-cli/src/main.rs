@@ -117,6 +117,10 @@ enum Command {
         /// Longest time a writer runs before it is killed, in ms.
         #[arg(long, default_value_t = 400)]
         max_ms: u64,
+        /// Kill `latchkey serve` (written to over RESP with MSET) instead
+        /// of a library writer.
+        #[arg(long)]
+        server: bool,
     },
     /// (internal) The writer process of `torture`.
     #[command(hide = true)]
@@ -253,8 +257,12 @@ fn run(cli: &Cli) -> latchkey::Result<ExitCode> {
             w(writeln!(out, "{}", db.stats()))?;
         }
         Command::Bench(b) => bench::run(b)?,
-        Command::Torture { engine, cycles, max_ms } => {
-            let ok = torture::run(*engine, *cycles, cli.dir.clone(), *max_ms)?;
+        Command::Torture { engine, cycles, max_ms, server } => {
+            let ok = if *server {
+                torture::run_server(*engine, *cycles, cli.dir.clone(), *max_ms)?
+            } else {
+                torture::run(*engine, *cycles, cli.dir.clone(), *max_ms)?
+            };
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
         Command::TortureChild { engine, start } => torture::child(&cli.dir(), *engine, *start)?,

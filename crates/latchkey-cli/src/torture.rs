@@ -107,11 +107,13 @@ fn verify(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, String>
         let want = n <= last && n + DELETE_LAG > last;
         match presence(&db, n).map_err(|e| e.to_string())? {
             Some(p) if p == want => {}
-            Some(p) => return Err(format!(
+            Some(p) => {
+                return Err(format!(
                 "batch {n} is {} but should be {} (last acknowledged {acked:?}, in-flight applied: {flight_applied})",
                 if p { "present" } else { "absent" },
                 if want { "present" } else { "absent" }
-            )),
+            ))
+            }
             None => return Err(format!("batch {n} is there in part")),
         }
     }
@@ -170,4 +172,137 @@ pub fn run(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64) -> la
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(true)
+}
+
+/// Talks RESP to the server just enough to send commands and read replies.
+struct RespClient {
+    stream: std::net::TcpStream,
+    reader: BufReader<std::net::TcpStream>,
+}
+
+impl RespClient {
+    fn connect(port: u16) -> Option<RespClient> {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let reader = BufReader::new(stream.try_clone().ok()?);
+        Some(RespClient { stream, reader })
+    }
+
+    /// Sends a command; returns the first line of the reply (None if the
+    /// connection broke).
+    fn call(&mut self, args: &[Vec<u8>]) -> Option<String> {
+        use std::io::Write;
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
+        }
+        self.stream.write_all(&req).ok()?;
+        let mut line = String::new();
+        (self.reader.read_line(&mut line).ok()? > 0).then_some(line)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(16380, |a| a.port())
+}
+
+/// The server crash loop: each cycle starts `latchkey serve`, writes MSET
+/// batches (batch n: keys b/n/j and marker m/n) until a random moment,
+/// kills the server with SIGKILL, and checks the directory as above (no
+/// deletes: DELETE_LAG does not apply).
+pub fn run_server(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64) -> latchkey::Result<bool> {
+    let dir =
+        dir.unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-torture-server-{}", std::process::id())));
+    let exe = std::env::current_exe().map_err(|e| latchkey::Error::Io { path: "<current exe>".into(), source: e })?;
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    let mut next = 0u64;
+    let mut total = 0u64;
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let port = free_port();
+        let mut server = Command::new(&exe)
+            .args(["--engine", engine.name(), "--dir"])
+            .arg(&dir)
+            .args(["serve", "--port", &port.to_string(), "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| latchkey::Error::Io { path: exe.clone(), source: e })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut client = loop {
+            if let Some(c) = RespClient::connect(port) {
+                break Some(c);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let kill_at = Instant::now() + Duration::from_millis(rng.gen_range(20..max_ms.max(21)));
+        let mut acked = next.checked_sub(1);
+        while let Some(c) = client.as_mut() {
+            if Instant::now() >= kill_at {
+                break;
+            }
+            let n = acked.map_or(0, |a| a + 1);
+            let mut args = vec![b"MSET".to_vec()];
+            for j in 0..keys_of(n) {
+                args.push(format!("b/{n}/{j}").into_bytes());
+                args.push(value_of(n, j));
+            }
+            args.push(format!("m/{n}").into_bytes());
+            args.push(keys_of(n).to_string().into_bytes());
+            match c.call(&args) {
+                Some(reply) if reply.starts_with("+OK") => acked = Some(n),
+                _ => client = None,
+            }
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        total += acked.map_or(0, |a| a + 1).saturating_sub(next);
+        match verify_server(&dir, engine, acked) {
+            Ok(n) => next = n,
+            Err(e) => {
+                println!("cycle {cycle}: LOST OR DAMAGED DATA: {e}");
+                println!("the directory is kept at {}", dir.display());
+                return Ok(false);
+            }
+        }
+    }
+    println!(
+        "{engine} server: {cycles} kills, {total} acknowledged batches, 0 lost, 0 partial, no damage ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(true)
+}
+
+fn verify_server(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, String> {
+    let db = Db::open(dir, Options::new(engine)).map_err(|e| format!("reopen failed: {e}"))?;
+    let in_flight = acked.map_or(0, |a| a + 1);
+    let Some(flight_applied) = presence(&db, in_flight).map_err(|e| e.to_string())? else {
+        return Err(format!("batch {in_flight} (in flight at the kill) is there in part"));
+    };
+    let last = if flight_applied { Some(in_flight) } else { acked };
+    for n in 0..=last.map_or(0, |l| l + 2) {
+        let want = last.is_some_and(|l| n <= l);
+        match presence(&db, n).map_err(|e| e.to_string())? {
+            Some(p) if p == want => {}
+            Some(p) => {
+                return Err(format!(
+                    "batch {n} is {} (last acknowledged {acked:?})",
+                    if p { "present" } else { "missing" }
+                ))
+            }
+            None => return Err(format!("batch {n} is there in part")),
+        }
+    }
+    db.close().map_err(|e| e.to_string())?;
+    let report = latchkey::check(dir, &mut |_, _| {}).map_err(|e| e.to_string())?;
+    if !report.is_clean() {
+        return Err(format!("check found damage: {:?}", report.damage));
+    }
+    Ok(last.map_or(0, |l| l + 1))
 }

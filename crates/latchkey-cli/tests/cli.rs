@@ -142,15 +142,19 @@ fn check_names_damage_in_an_lsm_table() {
 /// The short version of the crash loop (the long one is in docs/RELIABILITY.md).
 #[test]
 fn crash_loop_loses_nothing_acknowledged_on_every_engine() {
-    for engine in ["hash", "lsm"] {
+    for (engine, server, cycles) in
+        [("hash", false, "10"), ("lsm", false, "10"), ("hash", true, "5"), ("lsm", true, "5")]
+    {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("torture");
-        let o = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-            .args(["--dir", dir.to_str().unwrap(), "torture", "--engine", engine, "--cycles", "10", "--max-ms", "200"])
-            .output()
-            .unwrap();
+        let mut args =
+            vec!["--dir", dir.to_str().unwrap(), "torture", "--engine", engine, "--cycles", cycles, "--max-ms", "200"];
+        if server {
+            args.push("--server");
+        }
+        let o = Command::new(env!("CARGO_BIN_EXE_latchkey")).args(&args).output().unwrap();
         let out = stdout(&o);
-        assert!(o.status.success(), "{engine}: {out}");
-        assert!(out.contains("10 kills") && out.contains("0 lost, 0 partial, no damage"), "{out}");
+        assert!(o.status.success(), "{engine} server={server}: {out}");
+        assert!(out.contains(&format!("{cycles} kills")) && out.contains("0 lost, 0 partial, no damage"), "{out}");
     }
 }
