@@ -431,9 +431,11 @@ impl Table {
             let (seq, value) = decode_value(self.path(), *off, &v)?;
             block.push((k, seq, value));
         }
+        // Charge what the decoded block really holds, not its size on disk.
+        let held: usize = block.iter().map(|(k, _, v)| k.len() + v.len() + 80).sum();
         let block = Arc::new(block);
         if let Some(c) = cache {
-            c.insert(key, Arc::clone(&block), raw.len());
+            c.insert(key, Arc::clone(&block), held);
         }
         Ok(block)
     }
