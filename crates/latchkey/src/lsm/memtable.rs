@@ -23,6 +23,11 @@ impl Memtable {
         Memtable { map: SkipMap::new(), bytes: AtomicUsize::new(0), wal }
     }
 
+    /// The same memtable, now belonging to log `wal`.
+    pub(crate) fn with_wal(self, wal: u64) -> Self {
+        Memtable { wal, ..self }
+    }
+
     pub(crate) fn insert(&self, key: &[u8], seq: u64, value: Value) {
         self.bytes.fetch_add(key.len() + value.len() + 32, Ordering::Relaxed);
         self.map.insert((key.to_vec(), Reverse(seq)), value);

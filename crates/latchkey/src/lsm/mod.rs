@@ -129,7 +129,7 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     compact_lock: Mutex<()>,
     next_file: AtomicU64,
-    cache: BlockCache,
+    cache: Arc<BlockCache>,
     /// Wakes the background thread, and writers waiting for room.
     work: (Mutex<bool>, Condvar),
     counters: Counters,
@@ -157,13 +157,9 @@ impl LsmStore {
         let wal_sync = Arc::new(File::open_read(&dir.join(wal_name(r.wal_id)))?);
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
-            cache: BlockCache::new(opts.block_cache_size),
+            cache: Arc::new(BlockCache::new(opts.block_cache_size)),
             opts,
-            state: RwLock::new(State {
-                active: Arc::new(Memtable::new(r.wal_id)),
-                immutables: Vec::new(),
-                version: Arc::new(r.version),
-            }),
+            state: RwLock::new(State { active: Arc::new(r.mem), immutables: Vec::new(), version: Arc::new(r.version) }),
             writer: Mutex::new(Writer {
                 wal: r.wal,
                 wal_sync,
@@ -225,6 +221,7 @@ impl Store for LsmStore {
             version: Arc::clone(&st.version),
             seq: self.inner.visible_seq.load(Ordering::Acquire),
             now: now_ms,
+            cache: Arc::clone(&self.inner.cache),
         };
         drop(st);
         Ok(Iter::new(Box::new(scan::ScanIter::new(snapshot, range))))
@@ -630,6 +627,8 @@ struct Recovered {
     version: Version,
     wal: LogWriter,
     wal_id: u64,
+    /// The active memtable: the writes of the log that stays active.
+    mem: Memtable,
     next_id: u64,
     max_seq: u64,
     replayed: usize,
@@ -673,11 +672,12 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     }
     version.sort();
     let wals: Vec<u64> = ids_with(dir, ".wal")?.into_iter().filter(|&w| w >= min_wal).collect();
-    let mem = Memtable::new(0);
+    let mut mem = Memtable::new(0);
+    let mut last_end = None;
     for (i, &id) in wals.iter().enumerate() {
         next_id = next_id.max(id + 1);
         let mode = if i + 1 == wals.len() { TailMode::Newest } else { TailMode::Sealed };
-        log::scan(&dir.join(wal_name(id)), FileKind::Wal, mode, |f| {
+        let end = log::scan(&dir.join(wal_name(id)), FileKind::Wal, mode, |f| {
             let r = f.record;
             max_seq = max_seq.max(r.seq);
             match r.kind {
@@ -687,7 +687,19 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
             }
             Ok(())
         })?;
+        last_end = Some(end);
     }
+    // The usual case after a clean close or a crash: one log. It stays the
+    // active log (its torn tail cut) and its writes the active memtable.
+    if let ([id], Some(end)) = (wals.as_slice(), &last_end) {
+        if !end.headerless {
+            let wal = LogWriter::reopen(&dir.join(wal_name(*id)), end.valid_len)?;
+            let mem = mem.with_wal(*id);
+            version::write_manifest(dir, &version, next_id, *id)?;
+            return Ok(Recovered { version, wal, wal_id: *id, mem, next_id, max_seq, replayed: 1 });
+        }
+    }
+    // Several logs: write what they hold to a table and start afresh.
     if !mem.is_empty() {
         let id = next_id;
         next_id += 1;
@@ -711,7 +723,8 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
             crate::fs::remove_file(&dir.join(wal_name(id)))?;
         }
     }
-    Ok(Recovered { version, wal, wal_id, next_id, max_seq, replayed: wals.len() })
+    mem = Memtable::new(wal_id);
+    Ok(Recovered { version, wal, wal_id, mem, next_id, max_seq, replayed: wals.len() })
 }
 
 /// Verifies every checksum of an `lsm` directory without changing it.

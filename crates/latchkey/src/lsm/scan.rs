@@ -19,13 +19,17 @@ use super::Value;
 use crate::db::KeyValue;
 use crate::error::Result;
 
-const CHUNK: usize = 256;
+/// Keys per source in the first chunk; each later chunk doubles, up to
+/// `MAX_CHUNK`, so short scans stay cheap and long ones amortise.
+const FIRST_CHUNK: usize = 16;
+const MAX_CHUNK: usize = 1024;
 
 pub(crate) struct Snapshot {
     pub(crate) mems: Vec<Arc<Memtable>>,
     pub(crate) version: Arc<Version>,
     pub(crate) seq: u64,
     pub(crate) now: u64,
+    pub(crate) cache: Arc<super::table::BlockCache>,
 }
 
 pub(crate) struct ScanIter {
@@ -35,6 +39,7 @@ pub(crate) struct ScanIter {
     front: VecDeque<KeyValue>,
     back: VecDeque<KeyValue>,
     done: bool,
+    chunk: usize,
 }
 
 type Collected = (Vec<(Vec<u8>, u64, Value)>, bool);
@@ -42,6 +47,7 @@ type Collected = (Vec<(Vec<u8>, u64, Value)>, bool);
 /// Up to `limit` distinct keys of `table` in `bounds`, in scan order.
 fn collect_table(
     t: &Table,
+    cache: &super::table::BlockCache,
     bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
     forward: bool,
     limit: usize,
@@ -67,7 +73,7 @@ fn collect_table(
             Bound::Unbounded => 0,
         };
         for i in start..blocks {
-            for (k, seq, v) in t.block(i, None)?.iter() {
+            for (k, seq, v) in t.block(i, Some(cache))?.iter() {
                 if !in_lo(k) {
                     continue;
                 }
@@ -86,7 +92,7 @@ fn collect_table(
             Bound::Unbounded => blocks - 1,
         };
         for i in (0..=start).rev() {
-            for (k, seq, v) in t.block(i, None)?.iter().rev() {
+            for (k, seq, v) in t.block(i, Some(cache))?.iter().rev() {
                 if !in_hi(k) {
                     continue;
                 }
@@ -129,7 +135,15 @@ fn empty_range(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
 
 impl ScanIter {
     pub(crate) fn new(snap: Snapshot, range: (Bound<Vec<u8>>, Bound<Vec<u8>>)) -> Self {
-        ScanIter { snap, lo: range.0, hi: range.1, front: VecDeque::new(), back: VecDeque::new(), done: false }
+        ScanIter {
+            snap,
+            lo: range.0,
+            hi: range.1,
+            front: VecDeque::new(),
+            back: VecDeque::new(),
+            done: false,
+            chunk: FIRST_CHUNK,
+        }
     }
 
     /// Fetches the next chunk from one end. Returns false once the two ends
@@ -141,6 +155,8 @@ impl ScanIter {
                 return Ok(false);
             }
             let bounds = (self.lo.clone(), self.hi.clone());
+            let chunk = self.chunk;
+            self.chunk = (self.chunk * 2).min(MAX_CHUNK);
             let mut merged: BTreeMap<Vec<u8>, (u64, Value)> = BTreeMap::new();
             let mut cut: Option<Vec<u8>> = None;
             let mut add = |(entries, hit): Collected| {
@@ -162,11 +178,11 @@ impl ScanIter {
                 }
             };
             for m in &self.snap.mems {
-                add(m.collect(&bounds, self.snap.seq, forward, CHUNK));
+                add(m.collect(&bounds, self.snap.seq, forward, chunk));
             }
             for (_, t) in self.snap.version.tables() {
                 if overlaps(t, &bounds) {
-                    add(collect_table(t, &bounds, forward, CHUNK)?);
+                    add(collect_table(t, &self.snap.cache, &bounds, forward, chunk)?);
                 }
             }
             // Keys beyond the cut may be missing versions: keep them for later.

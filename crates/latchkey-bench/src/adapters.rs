@@ -1,0 +1,230 @@
+//! One adapter per engine behind a small trait.
+
+use std::path::Path;
+
+pub trait Store {
+    fn write_batch(&self, items: &[(impl AsRef<[u8]>, impl AsRef<[u8]>)]) -> Result<(), String>
+    where
+        Self: Sized;
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    fn scan(&self, start: &[u8], n: usize) -> Result<usize, String>;
+    fn put_durable(&self, key: &[u8], value: &[u8]) -> Result<(), String>;
+    fn sync(&self) -> Result<(), String>;
+    /// Lets merges or compactions finish (or runs one), for the space figure.
+    fn settle(&self) -> Result<(), String>;
+}
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+pub enum Any {
+    Latchkey(latchkey::Db),
+    Redb(redb::Database),
+    Fjall(fjall::Keyspace, fjall::PartitionHandle),
+    Sled(sled::Db),
+    #[cfg(feature = "rocksdb")]
+    Rocks(rocksdb::DB),
+}
+
+const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+
+pub fn open(name: &str, path: &Path) -> Result<Any, String> {
+    Ok(match name {
+        "latchkey-hash" | "latchkey-lsm" => {
+            let engine = if name.ends_with("hash") { latchkey::Engine::Hash } else { latchkey::Engine::Lsm };
+            // Bulk writes without fsync; `sync()` makes them durable.
+            Any::Latchkey(
+                latchkey::Db::open(
+                    path,
+                    latchkey::Options { sync: latchkey::Sync::Never, ..latchkey::Options::new(engine) },
+                )
+                .map_err(e)?,
+            )
+        }
+        "redb" => Any::Redb(redb::Database::create(path.join("redb")).map_err(e)?),
+        "fjall" => {
+            let ks = fjall::Config::new(path).open().map_err(e)?;
+            let p = ks.open_partition("t", fjall::PartitionCreateOptions::default()).map_err(e)?;
+            Any::Fjall(ks, p)
+        }
+        "sled" => Any::Sled(sled::open(path).map_err(e)?),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => {
+            let mut o = rocksdb::Options::default();
+            o.create_if_missing(true);
+            Any::Rocks(rocksdb::DB::open(&o, path).map_err(e)?)
+        }
+        other => return Err(format!("unknown engine {other}")),
+    })
+}
+
+impl Store for Any {
+    fn write_batch(&self, items: &[(impl AsRef<[u8]>, impl AsRef<[u8]>)]) -> Result<(), String> {
+        match self {
+            Any::Latchkey(db) => {
+                let mut b = latchkey::WriteBatch::new();
+                for (k, v) in items {
+                    b.put(k, v);
+                }
+                db.write(b).map_err(e)
+            }
+            Any::Redb(db) => {
+                let mut tx = db.begin_write().map_err(e)?;
+                tx.set_durability(redb::Durability::None);
+                {
+                    let mut t = tx.open_table(TABLE).map_err(e)?;
+                    for (k, v) in items {
+                        t.insert(k.as_ref(), v.as_ref()).map_err(e)?;
+                    }
+                }
+                tx.commit().map_err(e)
+            }
+            Any::Fjall(ks, p) => {
+                let mut b = ks.batch();
+                for (k, v) in items {
+                    b.insert(p, k.as_ref(), v.as_ref());
+                }
+                b.commit().map_err(e)
+            }
+            Any::Sled(db) => {
+                let mut b = sled::Batch::default();
+                for (k, v) in items {
+                    b.insert(k.as_ref(), v.as_ref());
+                }
+                db.apply_batch(b).map_err(e)
+            }
+            #[cfg(feature = "rocksdb")]
+            Any::Rocks(db) => {
+                let mut b = rocksdb::WriteBatch::default();
+                for (k, v) in items {
+                    b.put(k, v);
+                }
+                let mut o = rocksdb::WriteOptions::default();
+                o.set_sync(false);
+                db.write_opt(b, &o).map_err(e)
+            }
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Any::Latchkey(db) => db.get(key).map_err(e),
+            Any::Redb(db) => {
+                let tx = db.begin_read().map_err(e)?;
+                let t = match tx.open_table(TABLE) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                    Err(x) => return Err(e(x)),
+                };
+                Ok(t.get(key).map_err(e)?.map(|v| v.value().to_vec()))
+            }
+            Any::Fjall(_, p) => Ok(p.get(key).map_err(e)?.map(|v| v.to_vec())),
+            Any::Sled(db) => Ok(db.get(key).map_err(e)?.map(|v| v.to_vec())),
+            #[cfg(feature = "rocksdb")]
+            Any::Rocks(db) => db.get(key).map_err(e),
+        }
+    }
+
+    fn scan(&self, start: &[u8], n: usize) -> Result<usize, String> {
+        let start = start.to_vec();
+        match self {
+            Any::Latchkey(db) => {
+                let mut c = 0;
+                for item in db.scan(start.as_slice()..).map_err(e)?.take(n) {
+                    item.map_err(e)?;
+                    c += 1;
+                }
+                Ok(c)
+            }
+            Any::Redb(db) => {
+                let tx = db.begin_read().map_err(e)?;
+                let t = tx.open_table(TABLE).map_err(e)?;
+                let mut c = 0;
+                for item in t.range(start.as_slice()..).map_err(e)?.take(n) {
+                    let (k, v) = item.map_err(e)?;
+                    let _ = (k.value().len(), v.value().len());
+                    c += 1;
+                }
+                Ok(c)
+            }
+            Any::Fjall(_, p) => {
+                let mut c = 0;
+                for item in p.range(start..).take(n) {
+                    item.map_err(e)?;
+                    c += 1;
+                }
+                Ok(c)
+            }
+            Any::Sled(db) => {
+                let mut c = 0;
+                for item in db.range(start..).take(n) {
+                    item.map_err(e)?;
+                    c += 1;
+                }
+                Ok(c)
+            }
+            #[cfg(feature = "rocksdb")]
+            Any::Rocks(db) => {
+                let mut c = 0;
+                for item in db.iterator(rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)).take(n) {
+                    item.map_err(e)?;
+                    c += 1;
+                }
+                Ok(c)
+            }
+        }
+    }
+
+    fn put_durable(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        match self {
+            Any::Latchkey(db) => {
+                db.put(key, value).map_err(e)?;
+                db.sync().map_err(e)
+            }
+            Any::Redb(db) => {
+                let tx = db.begin_write().map_err(e)?;
+                tx.open_table(TABLE).map_err(e)?.insert(key, value).map_err(e)?;
+                tx.commit().map_err(e)
+            }
+            Any::Fjall(ks, p) => {
+                p.insert(key, value).map_err(e)?;
+                ks.persist(fjall::PersistMode::SyncData).map_err(e)
+            }
+            Any::Sled(db) => {
+                db.insert(key, value).map_err(e)?;
+                db.flush().map(|_| ()).map_err(e)
+            }
+            #[cfg(feature = "rocksdb")]
+            Any::Rocks(db) => {
+                let mut o = rocksdb::WriteOptions::default();
+                o.set_sync(true);
+                db.put_opt(key, value, &o).map_err(e)
+            }
+        }
+    }
+
+    fn sync(&self) -> Result<(), String> {
+        match self {
+            Any::Latchkey(db) => db.sync().map_err(e),
+            Any::Redb(db) => {
+                let tx = db.begin_write().map_err(e)?;
+                tx.commit().map_err(e)
+            }
+            Any::Fjall(ks, _) => ks.persist(fjall::PersistMode::SyncAll).map_err(e),
+            Any::Sled(db) => db.flush().map(|_| ()).map_err(e),
+            #[cfg(feature = "rocksdb")]
+            Any::Rocks(db) => db.flush().map_err(e),
+        }
+    }
+
+    fn settle(&self) -> Result<(), String> {
+        match self {
+            Any::Latchkey(db) => db.compact().map_err(e),
+            _ => {
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! latchkey's engines side by side with redb, fjall, sled (and RocksDB
+//! with `--features rocksdb`): one workload trait, one adapter per engine,
+//! in the manner of redb's comparison benchmarks. Results are printed as a
+//! table with each latchkey engine's ratio to the best peer of the run.
+//!
+//! Durability is comparable across engines: bulk loads write batches with no
+//! fsync and make them durable with one sync at the end; `sync-writes` makes
+//! each single put durable before the next.
+
+mod adapters;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+
+use adapters::Store;
+
+/// Run the workloads against every engine and print a table.
+#[derive(Parser)]
+struct Args {
+    /// Keys to load (16-byte keys, 100-byte values).
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u64,
+    /// Engines to run (comma-separated): latchkey-hash, latchkey-lsm, redb, fjall, sled, rocksdb.
+    #[arg(long, value_delimiter = ',', default_value = "latchkey-hash,latchkey-lsm,redb,fjall,sled")]
+    engines: Vec<String>,
+    /// Where the stores are built (a fresh directory under it per engine).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const VALUE_LEN: usize = 100;
+
+fn key(i: u64) -> [u8; 16] {
+    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 31);
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&x.to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+fn value(rng: &mut rand::rngs::SmallRng) -> [u8; VALUE_LEN] {
+    let mut v = [0u8; VALUE_LEN];
+    rng.fill(&mut v[..]);
+    v
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().map(|m| (m.is_dir(), m.len())).unwrap_or((false, 0));
+            total += if m.0 { dir_size(&e.path()) } else { m.1 };
+        }
+    }
+    total
+}
+
+/// One engine's results: workload name -> (value, unit).
+type Results = Vec<(&'static str, f64, &'static str)>;
+
+fn run_engine(name: &str, base: &Path, n: u64) -> Result<Results, String> {
+    let path = base.join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
+    let mut out = Results::new();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+    let per_sec = |count: u64, d: Duration| count as f64 / d.as_secs_f64();
+
+    // fillrandom: N keys in random order, batches of 1,000, one sync at the end.
+    let db = adapters::open(name, &path)?;
+    let mut order: Vec<u64> = (0..n).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.gen_range(0..=i));
+    }
+    let t = Instant::now();
+    for chunk in order.chunks(1000) {
+        let batch: Vec<([u8; 16], [u8; VALUE_LEN])> = chunk.iter().map(|&i| (key(i), value(&mut rng))).collect();
+        db.write_batch(&batch)?;
+    }
+    db.sync()?;
+    out.push(("fillrandom", per_sec(n, t.elapsed()), "ops/s"));
+
+    // reopen: time to open the filled store.
+    drop(db);
+    let t = Instant::now();
+    let db = adapters::open(name, &path)?;
+    out.push(("reopen", t.elapsed().as_secs_f64() * 1e3, "ms"));
+
+    // readrandom / readmissing: N random gets (capped at 1M) after the reopen.
+    let reads = n.min(1_000_000);
+    let t = Instant::now();
+    for _ in 0..reads {
+        let i = rng.gen_range(0..n);
+        if db.get(&key(i))?.is_none() {
+            return Err(format!("{name}: key {i} missing"));
+        }
+    }
+    out.push(("readrandom", per_sec(reads, t.elapsed()), "ops/s"));
+    let t = Instant::now();
+    for j in 0..reads {
+        if db.get(&key(n + j))?.is_some() {
+            return Err(format!("{name}: phantom key"));
+        }
+    }
+    out.push(("readmissing", per_sec(reads, t.elapsed()), "ops/s"));
+
+    // scan: 10,000 scans of 100 consecutive keys from random starts.
+    let t = Instant::now();
+    for _ in 0..10_000 {
+        let start = key(rng.gen_range(0..n));
+        let got = db.scan(&start, 100)?;
+        if got == 0 {
+            return Err(format!("{name}: empty scan"));
+        }
+    }
+    out.push(("scan", per_sec(10_000, t.elapsed()), "scans/s"));
+
+    // overwrite-counter: 1,000 counters, N/10 read-modify-write increments.
+    let increments = (n / 10).max(10_000);
+    let t = Instant::now();
+    for i in 0..increments {
+        let k = format!("counter:{:04}", i % 1000).into_bytes();
+        let c = db.get(&k)?.map_or(0, |v| u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8])));
+        db.write_batch(&[(k, (c + 1).to_le_bytes())])?;
+    }
+    db.sync()?;
+    out.push(("overwrite-counter", per_sec(increments, t.elapsed()), "ops/s"));
+
+    // sync-writes: single puts, each durable before the next (1 thread).
+    let syncs = 2000u64;
+    let t = Instant::now();
+    for i in 0..syncs {
+        db.put_durable(&key(n * 2 + i), &value(&mut rng))?;
+    }
+    out.push(("sync-writes", per_sec(syncs, t.elapsed()), "ops/s"));
+
+    // space: overwrite every key once, let background work settle, measure.
+    for chunk in order.chunks(1000) {
+        let batch: Vec<([u8; 16], [u8; VALUE_LEN])> = chunk.iter().map(|&i| (key(i), value(&mut rng))).collect();
+        db.write_batch(&batch)?;
+    }
+    db.sync()?;
+    db.settle()?;
+    drop(db);
+    let live = (n + syncs + 1000) * (16 + VALUE_LEN as u64);
+    out.push(("space", dir_size(&path) as f64 / live as f64, "x live"));
+    let _ = std::fs::remove_dir_all(&path);
+    Ok(out)
+}
+
+fn main() {
+    let args = Args::parse();
+    let base =
+        args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-bench-{}", std::process::id())));
+    let mut all: Vec<(String, Results)> = Vec::new();
+    for name in &args.engines {
+        eprintln!("running {name} with {} keys...", args.n);
+        match run_engine(name, &base, args.n) {
+            Ok(r) => all.push((name.clone(), r)),
+            Err(e) => eprintln!("{name}: failed: {e}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    let Some((_, first)) = all.first() else { return };
+    println!("{} keys, 16-byte keys, 100-byte values; bulk writes synced once at the end", args.n);
+    print!("{:<18}", "workload");
+    for (name, _) in &all {
+        print!("{name:>15}");
+    }
+    println!("  latchkey vs best peer");
+    for (w, (workload, _, unit)) in first.iter().enumerate() {
+        print!("{workload:<18}");
+        for (_, r) in &all {
+            print!("{:>15.1}", r[w].1);
+        }
+        let lower_is_better = matches!(*unit, "ms" | "x live");
+        let peers: Vec<f64> = all.iter().filter(|(n, _)| !n.starts_with("latchkey")).map(|(_, r)| r[w].1).collect();
+        let best = if lower_is_better {
+            peers.iter().cloned().fold(f64::MAX, f64::min)
+        } else {
+            peers.iter().cloned().fold(0.0, f64::max)
+        };
+        let ratios: Vec<String> = all
+            .iter()
+            .filter(|(n, _)| n.starts_with("latchkey"))
+            .map(|(n, r)| {
+                let ratio = if lower_is_better { best / r[w].1 } else { r[w].1 / best };
+                format!("{}={ratio:.2}x", n.trim_start_matches("latchkey-"))
+            })
+            .collect();
+        println!("  {} ({unit})", ratios.join(" "));
+    }
+}
