@@ -109,6 +109,29 @@ fn collect_table(
     Ok((out, false))
 }
 
+/// Up to `limit` distinct keys of a sorted level, reading its tables in
+/// order and stopping as soon as the limit is reached.
+fn collect_level(
+    tables: &[Arc<Table>],
+    cache: &super::table::BlockCache,
+    bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    forward: bool,
+    limit: usize,
+) -> Result<Collected> {
+    let mut out = Vec::new();
+    let candidates: Vec<&Arc<Table>> = tables.iter().filter(|t| overlaps(t, bounds)).collect();
+    let ordered: Box<dyn Iterator<Item = &&Arc<Table>>> =
+        if forward { Box::new(candidates.iter()) } else { Box::new(candidates.iter().rev()) };
+    for t in ordered {
+        let (mut got, hit) = collect_table(t, cache, bounds, forward, limit - out.len())?;
+        out.append(&mut got);
+        if hit || out.len() == limit {
+            return Ok((out, true));
+        }
+    }
+    Ok((out, false))
+}
+
 fn overlaps(t: &Table, bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>)) -> bool {
     let below = match &bounds.1 {
         Bound::Included(h) => t.smallest.as_slice() <= h.as_slice(),
@@ -180,9 +203,15 @@ impl ScanIter {
             for m in &self.snap.mems {
                 add(m.collect(&bounds, self.snap.seq, forward, chunk));
             }
-            for (_, t) in self.snap.version.tables() {
-                if overlaps(t, &bounds) {
-                    add(collect_table(t, &self.snap.cache, &bounds, forward, chunk)?);
+            for (level, tables) in self.snap.version.levels.iter().enumerate() {
+                if level == 0 {
+                    // Level-0 tables overlap: each is a source of its own.
+                    for t in tables.iter().filter(|t| overlaps(t, &bounds)) {
+                        add(collect_table(t, &self.snap.cache, &bounds, forward, chunk)?);
+                    }
+                } else {
+                    // A deeper level is sorted and disjoint: one source.
+                    add(collect_level(tables, &self.snap.cache, &bounds, forward, chunk)?);
                 }
             }
             // Keys beyond the cut may be missing versions: keep them for later.
