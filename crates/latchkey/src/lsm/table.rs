@@ -129,6 +129,129 @@ fn decode_block(path: &Path, offset: u64, b: &[u8]) -> Result<Vec<(Vec<u8>, Vec<
     Ok(out)
 }
 
+/// A data block as stored, validated once when read: every entry lies
+/// inside it and every restart point starts an entry with a whole key.
+/// Lookups seek by restart points without decoding the block.
+pub(crate) struct RawBlock {
+    body: Vec<u8>,
+    entries_end: usize,
+    restarts: Vec<u32>,
+}
+
+impl RawBlock {
+    fn parse(path: &Path, offset: u64, mut b: Vec<u8>) -> Result<RawBlock> {
+        let bad = |why: &str| Error::corruption(path, offset, format!("table block: {why}"));
+        if b.len() < 8 {
+            return Err(bad("too short"));
+        }
+        let body_len = b.len() - 4;
+        if crc32c::crc32c(&b[..body_len]) != u32_at(&b, body_len).unwrap_or(0) {
+            return Err(bad("checksum mismatch"));
+        }
+        b.truncate(body_len);
+        let n = u32_at(&b, body_len - 4).ok_or_else(|| bad("no restart count"))? as usize;
+        let entries_end = body_len
+            .checked_sub(4 + n.checked_mul(4).ok_or_else(|| bad("bad restart count"))?)
+            .ok_or_else(|| bad("bad restart count"))?;
+        let restarts: Vec<u32> = (0..n).map(|i| u32_at(&b, entries_end + i * 4).unwrap_or(u32::MAX)).collect();
+        // Walk every entry once, so that later reads cannot run off the block.
+        let (mut at, mut prev_len, mut next_restart) = (0usize, 0usize, 0usize);
+        while at < entries_end {
+            let (Some(shared), Some(unshared), Some(vlen)) = (u32_at(&b, at), u32_at(&b, at + 4), u32_at(&b, at + 8))
+            else {
+                return Err(bad("entry header cut short"));
+            };
+            let (shared, unshared, vlen) = (shared as usize, unshared as usize, vlen as usize);
+            if next_restart < n && restarts[next_restart] as usize == at {
+                if shared != 0 {
+                    return Err(bad("restart point with a shared prefix"));
+                }
+                next_restart += 1;
+            }
+            let end = (at + 12).checked_add(unshared).and_then(|e| e.checked_add(vlen)).filter(|&e| e <= entries_end);
+            let Some(end) = end else { return Err(bad("entry runs past the block")) };
+            if shared > prev_len || vlen < 17 || !matches!(b[at + 12 + unshared], 1 | 2) {
+                return Err(bad("malformed entry"));
+            }
+            prev_len = shared + unshared;
+            at = end;
+        }
+        if next_restart != n {
+            return Err(bad("restart points do not match the entries"));
+        }
+        Ok(RawBlock { body: b, entries_end, restarts })
+    }
+
+    fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The whole key stored at a restart point.
+    fn restart_key(&self, i: usize) -> &[u8] {
+        let at = self.restarts[i] as usize;
+        let unshared = u32_at(&self.body, at + 4).unwrap_or(0) as usize;
+        &self.body[at + 12..at + 12 + unshared]
+    }
+
+    /// Calls `f` for the entries from byte `at` on, with each full key,
+    /// until `f` returns false.
+    fn walk(&self, mut at: usize, mut f: impl FnMut(&[u8], &[u8]) -> bool) {
+        let mut key = Vec::new();
+        while at < self.entries_end {
+            let b = &self.body;
+            let (shared, unshared, vlen) = (
+                u32_at(b, at).unwrap_or(0) as usize,
+                u32_at(b, at + 4).unwrap_or(0) as usize,
+                u32_at(b, at + 8).unwrap_or(0) as usize,
+            );
+            key.truncate(shared);
+            key.extend_from_slice(&b[at + 12..at + 12 + unshared]);
+            let v = &b[at + 12 + unshared..at + 12 + unshared + vlen];
+            if !f(&key, v) {
+                return;
+            }
+            at += 12 + unshared + vlen;
+        }
+    }
+
+    /// The entry of `key`, found through the restart points.
+    fn seek(&self, key: &[u8]) -> Option<(u64, Value)> {
+        // The last restart point whose key is <= `key`.
+        let (mut lo, mut hi) = (0, self.restarts.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.restart_key(mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let from = self.restarts.get(lo.saturating_sub(1)).map_or(0, |&r| r as usize);
+        let mut found = None;
+        self.walk(from, |k, v| match k.cmp(key) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => {
+                found = Some(v.to_vec());
+                false
+            }
+            std::cmp::Ordering::Greater => false,
+        });
+        found.and_then(|v| decode_value(Path::new(""), 0, &v).ok())
+    }
+
+    /// Every entry, decoded.
+    fn entries(&self) -> Block {
+        let mut out = Vec::new();
+        self.walk(0, |k, v| {
+            if let Ok((seq, value)) = decode_value(Path::new(""), 0, v) {
+                out.push((k.to_vec(), seq, value));
+            }
+            true
+        });
+        out
+    }
+}
+
 fn encode_value(seq: u64, v: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + v.len());
     match v {
@@ -290,7 +413,7 @@ pub(crate) struct BlockCache {
 
 #[derive(Default)]
 struct CacheInner {
-    map: HashMap<(u64, u32), (Arc<Block>, usize)>,
+    map: HashMap<(u64, u32), (Arc<RawBlock>, usize)>,
     order: VecDeque<(u64, u32)>,
     bytes: usize,
 }
@@ -300,14 +423,14 @@ impl BlockCache {
         BlockCache { inner: Mutex::default(), capacity, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
-    fn get(&self, key: (u64, u32)) -> Option<Arc<Block>> {
+    fn get(&self, key: (u64, u32)) -> Option<Arc<RawBlock>> {
         let hit = self.inner.lock().map.get(&key).map(|(b, _)| Arc::clone(b));
         let counter = if hit.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         hit
     }
 
-    fn insert(&self, key: (u64, u32), block: Arc<Block>, size: usize) {
+    fn insert(&self, key: (u64, u32), block: Arc<RawBlock>, size: usize) {
         let mut c = self.inner.lock();
         if c.map.insert(key, (block, size)).is_none() {
             c.order.push_back(key);
@@ -417,8 +540,8 @@ impl Table {
         self.index.partition_point(|(last, _, _)| last.as_slice() < key)
     }
 
-    /// Reads (or takes from the cache) data block `i`.
-    pub(crate) fn block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
+    /// Reads (or takes from the cache) data block `i`, as stored.
+    fn raw_block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<RawBlock>> {
         let key = (self.id, i as u32);
         if let Some(b) = cache.and_then(|c| c.get(key)) {
             return Ok(b);
@@ -426,18 +549,16 @@ impl Table {
         let (_, off, len) = &self.index[i];
         let mut raw = vec![0u8; *len as usize];
         self.file.read_exact_at(&mut raw, *off)?;
-        let mut block = Vec::new();
-        for (k, v) in decode_block(self.path(), *off, &raw)? {
-            let (seq, value) = decode_value(self.path(), *off, &v)?;
-            block.push((k, seq, value));
-        }
-        // Charge what the decoded block really holds, not its size on disk.
-        let held: usize = block.iter().map(|(k, _, v)| k.len() + v.len() + 80).sum();
-        let block = Arc::new(block);
+        let block = Arc::new(RawBlock::parse(self.path(), *off, raw)?);
         if let Some(c) = cache {
-            c.insert(key, Arc::clone(&block), held);
+            c.insert(key, Arc::clone(&block), block.len() + 64);
         }
         Ok(block)
+    }
+
+    /// Data block `i`, decoded (for scans and compaction).
+    pub(crate) fn block(&self, i: usize, cache: Option<&BlockCache>) -> Result<Arc<Block>> {
+        Ok(Arc::new(self.raw_block(i, cache)?.entries()))
     }
 
     /// The entry of `key`, if the table has one.
@@ -446,8 +567,7 @@ impl Table {
         if i >= self.index.len() {
             return Ok(None);
         }
-        let block = self.block(i, Some(cache))?;
-        Ok(block.binary_search_by(|(k, _, _)| k.as_slice().cmp(key)).ok().map(|j| (block[j].1, block[j].2.clone())))
+        Ok(self.raw_block(i, Some(cache))?.seek(key))
     }
 }
 
