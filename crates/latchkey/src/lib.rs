@@ -31,6 +31,7 @@ mod batch;
 pub mod check;
 pub mod codec;
 mod db;
+mod durability;
 mod error;
 pub mod fs;
 mod hash;

@@ -63,7 +63,7 @@ pub(super) struct Commit {
 /// so a merge that just finished is not followed by a needless one).
 pub(super) fn merge_if_due(inner: &Inner) -> Result<()> {
     let guard = inner.merge_lock.lock();
-    if inner.poison.lock().is_some() || !inner.merge_due() {
+    if inner.durability.is_poisoned() || !inner.merge_due() {
         return Ok(());
     }
     merge_locked(inner, guard).map(|_| ())
@@ -75,7 +75,7 @@ pub(super) fn merge(inner: &Inner) -> Result<MergeReport> {
 }
 
 fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) -> Result<MergeReport> {
-    inner.check_writable()?;
+    inner.durability.check_writable()?;
     let (inputs, base, cut_seq) = {
         let mut w = inner.writer.lock();
         inner.rotate(&mut w)?;
@@ -131,7 +131,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
     out.committed = true;
     if let Err(e) = install(inner, &commit, &inputs, table, moved, cut_seq) {
         // Committed on disk but not in memory: recovery will finish it.
-        inner.poison(&e);
+        inner.durability.poison(&e);
         return Err(e);
     }
     inner.expired_bytes.store(0, Ordering::Relaxed); // merged away; the next sweep recounts

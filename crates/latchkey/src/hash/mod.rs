@@ -23,7 +23,7 @@ pub(crate) use recovery::check;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{Op, WriteBatch};
 use crate::db::{Iter, KeyValue, Stats, Store};
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
 use crate::log::{FileKind, LogWriter};
@@ -58,7 +59,6 @@ struct Counters {
     writes: AtomicU64,
     user_bytes: AtomicU64,
     disk_bytes: AtomicU64,
-    syncs: AtomicU64,
     merges: AtomicU64,
 }
 
@@ -68,10 +68,7 @@ pub(crate) struct Inner {
     keydir: RwLock<KeyDir>,
     segments: RwLock<BTreeMap<SegId, Arc<Segment>>>,
     writer: Mutex<Writer>,
-    sync_lock: Mutex<()>,
-    synced_lsn: AtomicU64,
-    poison: Mutex<Option<String>>,
-    closed: AtomicBool,
+    durability: Durability,
     merge_lock: Mutex<()>,
     counters: Counters,
     /// Bytes of expired records the keydir still points at, as of the last
@@ -114,10 +111,7 @@ impl HashStore {
                 buf: Vec::new(),
                 offsets: Vec::new(),
             }),
-            sync_lock: Mutex::new(()),
-            synced_lsn: AtomicU64::new(0),
-            poison: Mutex::new(None),
-            closed: AtomicBool::new(false),
+            durability: Durability::default(),
             merge_lock: Mutex::new(()),
             counters: Counters::default(),
             expired_bytes: AtomicU64::new(0),
@@ -150,7 +144,7 @@ impl Drop for HashStore {
 
 impl Store for HashStore {
     fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         self.inner.get(key, now_ms)
     }
 
@@ -163,18 +157,18 @@ impl Store for HashStore {
     }
 
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         Ok(self.inner.scan(range, now_ms))
     }
 
     fn sync(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         let lsn = self.inner.writer.lock().lsn;
         self.inner.sync_to(lsn)
     }
 
     fn compact(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         merge::merge(&self.inner).map(|_| ())
     }
 
@@ -183,17 +177,17 @@ impl Store for HashStore {
     }
 
     fn close(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
+        if self.inner.durability.is_closed() {
             return Ok(());
         }
         self.stop_background();
-        let result = if self.inner.poison.lock().is_some() {
+        let result = if self.inner.durability.is_poisoned() {
             Ok(())
         } else {
             let lsn = self.inner.writer.lock().lsn;
             self.inner.sync_to(lsn)
         };
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.durability.set_closed();
         result
     }
 
@@ -203,28 +197,6 @@ impl Store for HashStore {
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        self.check_open()?;
-        match &*self.poison.lock() {
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
-            None => Ok(()),
-        }
-    }
-
-    /// Records that a write or fsync failed: nothing more is written until
-    /// the database is reopened, because what reached the disk is unknown.
-    fn poison(&self, e: &Error) {
-        tracing::error!(error = %e, "write failure: the database now refuses writes");
-        self.poison.lock().get_or_insert_with(|| e.to_string());
-    }
-
     fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
         // The keydir lock is held while the segment is looked up, so a merge
         // (which repoints keys before it drops segments) cannot slip between.
@@ -275,7 +247,7 @@ impl Inner {
     /// Returns the log position that must be synced for it to be durable.
     fn append(&self, batch: &WriteBatch) -> Result<u64> {
         let mut guard = self.writer.lock();
-        self.check_writable()?;
+        self.durability.check_writable()?;
         let w = &mut *guard;
         let seq = w.next_seq;
         w.next_seq += 1;
@@ -286,7 +258,7 @@ impl Inner {
         let base = match w.log.append(&w.buf) {
             Ok(at) => at,
             Err(e) => {
-                self.poison(&e);
+                self.durability.poison(&e);
                 return Err(e);
             }
         };
@@ -315,10 +287,10 @@ impl Inner {
     /// Seals the active segment (synced) and starts the next generation's.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
         if let Err(e) = w.log.sync() {
-            self.poison(&e);
+            self.durability.poison(&e);
             return Err(e);
         }
-        self.synced_lsn.fetch_max(w.lsn, Ordering::AcqRel);
+        self.durability.mark_synced(w.lsn);
         let generation = w.generation + 1;
         let id = segment::active_id(generation);
         let log = LogWriter::create(&segment::data_path(&self.dir, id), FileKind::Data)?;
@@ -331,29 +303,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes the log durable up to `lsn`. Concurrent callers share one
-    /// fsync: whoever holds `sync_lock` syncs everything written so far.
+    /// Makes the log durable up to `lsn`; older segments were synced when
+    /// they were sealed.
     fn sync_to(&self, lsn: u64) -> Result<()> {
-        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
-            return Ok(());
-        }
-        let _leader = self.sync_lock.lock();
-        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
-            return Ok(());
-        }
-        self.check_writable()?;
-        let (active, target) = {
+        self.durability.sync_to(lsn, || {
             let w = self.writer.lock();
-            (Arc::clone(&w.active), w.lsn)
-        };
-        // Older segments were synced when they were sealed.
-        if let Err(e) = active.file().sync_data() {
-            self.poison(&e);
-            return Err(e);
-        }
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.synced_lsn.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+            let active = Arc::clone(&w.active);
+            (w.lsn, move || active.file().sync_data())
+        })
     }
 
     fn stats(&self) -> Stats {
@@ -372,7 +329,7 @@ impl Inner {
             writes: c.writes.load(Ordering::Relaxed),
             user_bytes_written: c.user_bytes.load(Ordering::Relaxed),
             disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
-            syncs: c.syncs.load(Ordering::Relaxed),
+            syncs: self.durability.syncs.load(Ordering::Relaxed),
             merges: c.merges.load(Ordering::Relaxed),
             ..Stats::default()
         }

@@ -29,7 +29,7 @@ mod version;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +40,7 @@ use crate::batch::{Op, WriteBatch};
 use crate::check::{CheckReport, Progress};
 use crate::codec::Kind;
 use crate::db::{now_ms, Iter, Stats, Store};
+use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, File};
 use crate::log::{self, FileKind, LogWriter, TailMode};
@@ -108,7 +109,6 @@ struct Counters {
     writes: AtomicU64,
     user_bytes: AtomicU64,
     disk_bytes: AtomicU64,
-    syncs: AtomicU64,
     compactions: AtomicU64,
     bytes_compacted: AtomicU64,
     stalls: AtomicU64,
@@ -123,10 +123,7 @@ pub(crate) struct Inner {
     writer: Mutex<Writer>,
     /// Sequence number of the newest batch wholly in the memtable.
     visible_seq: AtomicU64,
-    sync_lock: Mutex<()>,
-    synced_lsn: AtomicU64,
-    poison: Mutex<Option<String>>,
-    closed: AtomicBool,
+    durability: Durability,
     compact_lock: Mutex<()>,
     next_file: AtomicU64,
     cache: Arc<BlockCache>,
@@ -169,10 +166,7 @@ impl LsmStore {
                 offsets: Vec::new(),
             }),
             visible_seq: AtomicU64::new(r.max_seq),
-            sync_lock: Mutex::new(()),
-            synced_lsn: AtomicU64::new(0),
-            poison: Mutex::new(None),
-            closed: AtomicBool::new(false),
+            durability: Durability::default(),
             compact_lock: Mutex::new(()),
             next_file: AtomicU64::new(r.next_id),
             work: (Mutex::new(false), Condvar::new()),
@@ -199,7 +193,7 @@ impl Drop for LsmStore {
 
 impl Store for LsmStore {
     fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         self.inner.get(key, now_ms)
     }
 
@@ -212,7 +206,7 @@ impl Store for LsmStore {
     }
 
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         let st = self.inner.state.read();
         let mut mems = vec![Arc::clone(&st.active)];
         mems.extend(st.immutables.iter().cloned());
@@ -228,13 +222,13 @@ impl Store for LsmStore {
     }
 
     fn sync(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         let lsn = self.inner.writer.lock().lsn;
         self.inner.sync_to(lsn)
     }
 
     fn compact(&self) -> Result<()> {
-        self.inner.check_open()?;
+        self.inner.durability.check_open()?;
         self.inner.compact_all()
     }
 
@@ -243,7 +237,7 @@ impl Store for LsmStore {
     }
 
     fn close(&self) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
+        if self.inner.durability.is_closed() {
             return Ok(());
         }
         if let Some((tx, handle)) = self.background.lock().take() {
@@ -251,13 +245,13 @@ impl Store for LsmStore {
             self.inner.wake();
             let _ = handle.join();
         }
-        let result = if self.inner.poison.lock().is_some() {
+        let result = if self.inner.durability.is_poisoned() {
             Ok(())
         } else {
             let lsn = self.inner.writer.lock().lsn;
             self.inner.sync_to(lsn)
         };
-        self.inner.closed.store(true, Ordering::Release);
+        self.inner.durability.set_closed();
         self.inner.wake();
         result
     }
@@ -269,25 +263,19 @@ impl Store for LsmStore {
 }
 
 impl Inner {
-    fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        self.check_open()?;
-        match &*self.poison.lock() {
-            Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
-            None => Ok(()),
-        }
-    }
-
     fn poison(&self, e: &Error) {
-        tracing::error!(error = %e, "write failure: the database now refuses writes");
-        self.poison.lock().get_or_insert_with(|| e.to_string());
+        self.durability.poison(e);
         self.wake();
+    }
+
+    /// Makes the log durable up to `lsn`; older logs were synced when
+    /// their memtable was sealed.
+    fn sync_to(&self, lsn: u64) -> Result<()> {
+        self.durability.sync_to(lsn, || {
+            let w = self.writer.lock();
+            let log = Arc::clone(&w.wal_sync);
+            (w.lsn, move || log.sync_data())
+        })
     }
 
     fn wake(&self) {
@@ -337,7 +325,7 @@ impl Inner {
     fn wait_for_room(&self) -> Result<()> {
         let mut stalled = false;
         loop {
-            self.check_writable()?;
+            self.durability.check_writable()?;
             if self.state.read().immutables.len() < self.opts.max_immutable_memtables {
                 return Ok(());
             }
@@ -354,7 +342,7 @@ impl Inner {
     fn append(&self, batch: &WriteBatch) -> Result<u64> {
         self.wait_for_room()?;
         let mut guard = self.writer.lock();
-        self.check_writable()?;
+        self.durability.check_writable()?;
         let w = &mut *guard;
         let seq = w.next_seq;
         w.next_seq += 1;
@@ -393,7 +381,7 @@ impl Inner {
             self.poison(&e);
             return Err(e);
         }
-        self.synced_lsn.fetch_max(w.lsn, Ordering::AcqRel);
+        self.durability.mark_synced(w.lsn);
         let id = self.next_file.fetch_add(1, Ordering::AcqRel);
         let path = self.dir.join(wal_name(id));
         let wal = LogWriter::create(&path, FileKind::Wal)?;
@@ -405,28 +393,6 @@ impl Inner {
         st.immutables.insert(0, old);
         drop(st);
         self.wake();
-        Ok(())
-    }
-
-    fn sync_to(&self, lsn: u64) -> Result<()> {
-        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
-            return Ok(());
-        }
-        let _leader = self.sync_lock.lock();
-        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
-            return Ok(());
-        }
-        self.check_writable()?;
-        let (file, target) = {
-            let w = self.writer.lock();
-            (Arc::clone(&w.wal_sync), w.lsn)
-        };
-        if let Err(e) = file.sync_data() {
-            self.poison(&e);
-            return Err(e);
-        }
-        self.counters.syncs.fetch_add(1, Ordering::Relaxed);
-        self.synced_lsn.fetch_max(target, Ordering::AcqRel);
         Ok(())
     }
 
@@ -531,7 +497,7 @@ impl Inner {
 
     /// Flushes every memtable and compacts everything into one level.
     fn compact_all(&self) -> Result<()> {
-        self.check_writable()?;
+        self.durability.check_writable()?;
         let _one = self.compact_lock.lock();
         {
             let mut w = self.writer.lock();
@@ -570,7 +536,7 @@ impl Inner {
             if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
                 return;
             }
-            if self.poison.lock().is_none() {
+            if !self.durability.is_poisoned() {
                 match self.background_work() {
                     Ok(true) => continue,
                     Ok(false) => {}
@@ -614,7 +580,7 @@ impl Inner {
             writes: c.writes.load(Ordering::Relaxed),
             user_bytes_written: c.user_bytes.load(Ordering::Relaxed),
             disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
-            syncs: c.syncs.load(Ordering::Relaxed),
+            syncs: self.durability.syncs.load(Ordering::Relaxed),
             merges: c.compactions.load(Ordering::Relaxed),
             bytes_compacted: c.bytes_compacted.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
