@@ -149,13 +149,16 @@ fn sixty_four_clients_contending_for_one_lock() {
     let server = common::start(dir.path());
     let held = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(Vec::<(u64, usize)>::new()));
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Everyone connects first, then all start together.
+    let start = Arc::new(std::sync::Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let (url, held, log) = (server.url(), Arc::clone(&held), Arc::clone(&log));
+            let (url, held, log, start) = (server.url(), Arc::clone(&held), Arc::clone(&log), Arc::clone(&start));
             std::thread::spawn(move || {
                 let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
                 let owner = format!("client-{i}");
+                start.wait();
+                let deadline = Instant::now() + Duration::from_secs(10);
                 let mut n = 0;
                 while Instant::now() < deadline && n < 100_000 {
                     let Some(token) = acquire(&mut con, "hot", &owner, 10_000, Some(20_000)) else {

@@ -143,8 +143,10 @@ impl LockService {
         let mut st = self.shared.state.lock();
         let id = st.next_id;
         st.next_id += 1;
-        let waiting = (!wait.is_zero()).then(|| (id, now.saturating_add(wait.as_millis() as u64)));
-        match st.manager.acquire(name, owner, ttl.as_millis() as u64, now, waiting) {
+        // The clock counts whole milliseconds and truncates: round waits and
+        // leases up, so neither ends before the time asked for.
+        let waiting = (!wait.is_zero()).then(|| (id, now.saturating_add(wait.as_millis() as u64 + 1)));
+        match st.manager.acquire(name, owner, lease_ms(ttl), now, waiting) {
             Acquire::Granted(g) => {
                 persist(&self.shared.db, std::slice::from_ref(&g))?;
                 drop(st);
@@ -187,7 +189,7 @@ impl LockService {
     /// once the lease has run out.
     pub fn renew(&self, name: &str, owner: &str, ttl: Duration) -> Result<std::result::Result<Grant, LockError>> {
         let mut st = self.shared.state.lock();
-        match st.manager.renew(name, owner, ttl.as_millis() as u64, now_ms()) {
+        match st.manager.renew(name, owner, lease_ms(ttl), now_ms()) {
             Ok(g) => {
                 persist(&self.shared.db, std::slice::from_ref(&g))?;
                 drop(st);
@@ -202,6 +204,11 @@ impl LockService {
     pub fn info(&self, name: &str) -> LockInfo {
         self.shared.state.lock().manager.info(name, now_ms())
     }
+}
+
+/// A lease of `ttl` in whole milliseconds, rounded up (see `acquire_with`).
+fn lease_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).saturating_add(1)
 }
 
 /// Writes the records of `grants` (lock state and raised fence), unsynced.

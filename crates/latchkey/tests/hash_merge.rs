@@ -165,7 +165,7 @@ fn expired_keys_are_invisible_and_reclaimed_by_merge() {
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     let now = latchkey::now_ms();
     db.put(b"old", b"v0").unwrap();
-    db.put_with_expiry(b"old", b"v1", now + 150).unwrap();
+    db.put_with_expiry(b"old", b"v1", now + 1000).unwrap();
     db.put_with_expiry(b"later", b"v", now + 3_600_000).unwrap();
     db.put_with_expiry(b"gone", b"v", now - 1).unwrap();
     assert_eq!(db.get(b"gone").unwrap(), None);
@@ -174,7 +174,8 @@ fn expired_keys_are_invisible_and_reclaimed_by_merge() {
     drop(db);
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     assert_eq!(db.get_with_expiry(b"later").unwrap(), Some((b"v".to_vec(), now + 3_600_000)), "TTL lost in reopen");
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until "old" (expiring at now + 1000) has expired.
+    std::thread::sleep(Duration::from_millis((now + 1100).saturating_sub(latchkey::now_ms())));
     assert_eq!(db.get(b"old").unwrap(), None, "an expired write must not uncover the older value");
     let scanned: Vec<_> = db.scan::<&[u8], _>(..).unwrap().map(|r| r.unwrap().0).collect();
     assert_eq!(scanned, vec![b"later".to_vec()]);
