@@ -217,6 +217,54 @@ mod tests {
         assert!(matches!(parse(&long, &l), Err(ParseError::Protocol(_))));
     }
 
+    proptest::proptest! {
+        /// Any bytes: a command, "need more", or a protocol error; never a
+        /// panic, and never a claim to have used more bytes than given.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            if let Ok((_, used)) = parse(&bytes, &Limits::default()) {
+                proptest::prop_assert!(used <= bytes.len() && used > 0);
+            }
+        }
+
+        /// A pipeline of valid commands, however it is split into reads,
+        /// parses to the same commands.
+        #[test]
+        fn pipelines_parse_the_same_whatever_the_split(
+            cmds in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20), 1..5), 1..10),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let mut wire = Vec::new();
+            for c in &cmds {
+                wire.extend_from_slice(format!("*{}\r\n", c.len()).as_bytes());
+                for a in c {
+                    wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                    wire.extend_from_slice(a);
+                    wire.extend_from_slice(b"\r\n");
+                }
+            }
+            let cut = cut % (wire.len() + 1);
+            let mut buf = wire[..cut].to_vec();
+            let mut rest = &wire[cut..];
+            let mut got = Vec::new();
+            loop {
+                match parse(&buf, &Limits::default()) {
+                    Ok((args, used)) => {
+                        got.push(args);
+                        buf.drain(..used);
+                    }
+                    Err(ParseError::Incomplete) if !rest.is_empty() => {
+                        buf.extend_from_slice(rest);
+                        rest = &[];
+                    }
+                    Err(ParseError::Incomplete) => break,
+                    Err(e) => proptest::prop_assert!(false, "valid input refused: {e:?}"),
+                }
+            }
+            proptest::prop_assert_eq!(got, cmds);
+        }
+    }
+
     #[test]
     fn replies_encode_in_both_protocols() {
         let r = Reply::Map(vec![(Reply::text("a"), Reply::Int(1))]);
