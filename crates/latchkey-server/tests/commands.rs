@@ -69,6 +69,8 @@ fn exercise_expiry(con: &mut redis::Connection) {
     let at = latchkey::now_ms() / 1000 + 100;
     assert_eq!(cmd("EXPIREAT").arg("s").arg(at).query::<i64>(con).unwrap(), 1);
     let _: () = cmd("SET").arg("px").arg("v").arg("PXAT").arg(latchkey::now_ms() + 150).query(con).unwrap();
+    let _: () = cmd("SET").arg("exat").arg("v").arg("EXAT").arg(latchkey::now_ms() / 1000 + 100).query(con).unwrap();
+    assert!((98..=100).contains(&cmd("TTL").arg("exat").query::<i64>(con).unwrap()), "EXAT");
     assert!(err_text(cmd("SET").arg("x").arg("v").arg("EX").arg(0).query::<()>(con))
         .contains("invalid expire time in 'set' command"));
     std::thread::sleep(Duration::from_millis(250));
@@ -124,6 +126,8 @@ fn exercise_server(con: &mut redis::Connection) {
     assert_eq!(cmd("CLIENT").arg("GETNAME").query::<String>(con).unwrap(), "tester");
     assert!(cmd("CLIENT").arg("ID").query::<i64>(con).unwrap() > 0);
     assert!(cmd("COMMAND").arg("COUNT").query::<i64>(con).unwrap() >= 45);
+    let docs: Value = cmd("COMMAND").arg("DOCS").query(con).unwrap();
+    assert!(matches!(docs, Value::Map(_) | Value::Array(_)), "{docs:?}");
     let info: Value = cmd("COMMAND").arg("INFO").arg("get").query(con).unwrap();
     assert!(format!("{info:?}").contains("get"), "{info:?}");
     let info: String = cmd("INFO").query(con).unwrap();
@@ -260,4 +264,15 @@ fn clients_past_maxclients_are_refused_politely() {
     std::thread::sleep(Duration::from_millis(100));
     let mut c = server.connect();
     assert_eq!(cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+}
+
+#[test]
+fn quit_answers_ok_and_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let mut con = server.connect();
+    assert_eq!(cmd("QUIT").query::<String>(&mut con).unwrap(), "OK");
+    assert!(cmd("PING").query::<String>(&mut con).is_err(), "the connection should be closed after QUIT");
+    let mut other = server.connect();
+    assert_eq!(cmd("PING").query::<String>(&mut other).unwrap(), "PONG");
 }
