@@ -117,12 +117,35 @@ fn verify(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, String>
             None => return Err(format!("batch {n} is there in part")),
         }
     }
+    close_and_check(db, dir)?;
+    Ok(last + 1)
+}
+
+/// Closes the reopened store and runs `check` on it.
+fn close_and_check(db: Db, dir: &Path) -> Result<(), String> {
     db.close().map_err(|e| e.to_string())?;
     let report = latchkey::check(dir, &mut |_, _| {}).map_err(|e| e.to_string())?;
     if !report.is_clean() {
         return Err(format!("check found damage: {:?}", report.damage));
     }
-    Ok(last + 1)
+    Ok(())
+}
+
+/// Reports a loss (keeping the directory for inspection); false.
+fn report_loss(cycle: u64, e: &str, dir: &Path) -> bool {
+    println!("cycle {cycle}: LOST OR DAMAGED DATA: {e}");
+    println!("the directory is kept at {}", dir.display());
+    false
+}
+
+/// Prints the summary of a clean run and removes its directory; true.
+fn report_clean(what: &str, cycles: u64, acked: u64, started: Instant, dir: &Path) -> bool {
+    println!(
+        "{what}: {cycles} kills, {acked} acknowledged batches, 0 lost, 0 partial, no damage ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    true
 }
 
 /// The parent: `cycles` kills at random moments.
@@ -159,19 +182,10 @@ pub fn run(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64) -> la
         total_acked += acked.map_or(0, |a| a + 1).saturating_sub(next);
         match verify(&dir, engine, acked) {
             Ok(n) => next = n,
-            Err(e) => {
-                println!("cycle {cycle}: LOST OR DAMAGED DATA: {e}");
-                println!("the directory is kept at {}", dir.display());
-                return Ok(false);
-            }
+            Err(e) => return Ok(report_loss(cycle, &e, &dir)),
         }
     }
-    println!(
-        "{engine}: {cycles} kills, {total_acked} acknowledged batches, 0 lost, 0 partial, no damage ({:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(true)
+    Ok(report_clean(&engine.to_string(), cycles, total_acked, started, &dir))
 }
 
 /// Talks RESP to the server just enough to send commands and read replies.
@@ -264,19 +278,10 @@ pub fn run_server(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64
         total += acked.map_or(0, |a| a + 1).saturating_sub(next);
         match verify_server(&dir, engine, acked) {
             Ok(n) => next = n,
-            Err(e) => {
-                println!("cycle {cycle}: LOST OR DAMAGED DATA: {e}");
-                println!("the directory is kept at {}", dir.display());
-                return Ok(false);
-            }
+            Err(e) => return Ok(report_loss(cycle, &e, &dir)),
         }
     }
-    println!(
-        "{engine} server: {cycles} kills, {total} acknowledged batches, 0 lost, 0 partial, no damage ({:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(true)
+    Ok(report_clean(&format!("{engine} server"), cycles, total, started, &dir))
 }
 
 fn verify_server(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, String> {
@@ -299,10 +304,6 @@ fn verify_server(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, 
             None => return Err(format!("batch {n} is there in part")),
         }
     }
-    db.close().map_err(|e| e.to_string())?;
-    let report = latchkey::check(dir, &mut |_, _| {}).map_err(|e| e.to_string())?;
-    if !report.is_clean() {
-        return Err(format!("check found damage: {:?}", report.damage));
-    }
+    close_and_check(db, dir)?;
     Ok(last.map_or(0, |l| l + 1))
 }

@@ -46,12 +46,25 @@ impl Durability {
         self.poison.lock().is_some()
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
+    fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_closed(&self) {
+    fn set_closed(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// Closes once: `stop` ends background work, `sync` makes the log
+    /// durable (skipped if poisoned: what is on disk is unknown), then every
+    /// later call is refused. Closing again does nothing.
+    pub(crate) fn close(&self, stop: impl FnOnce(), sync: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        stop();
+        let result = if self.is_poisoned() { Ok(()) } else { sync() };
+        self.set_closed();
+        result
     }
 
     /// Everything up to `lsn` is durable (a sealed log was fsynced).

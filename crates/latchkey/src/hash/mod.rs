@@ -25,11 +25,11 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::background::Background;
 use crate::batch::{Op, WriteBatch};
 use crate::db::{Iter, KeyValue, Stats, Store};
 use crate::durability::Durability;
@@ -80,7 +80,7 @@ pub(crate) struct Inner {
 /// The `hash` engine behind a `Db`.
 pub(crate) struct HashStore {
     inner: Arc<Inner>,
-    background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    background: Background,
 }
 
 impl HashStore {
@@ -117,20 +117,9 @@ impl HashStore {
             expired_bytes: AtomicU64::new(0),
             _lock: lock,
         });
-        let (tx, rx) = mpsc::channel();
         let bg = Arc::clone(&inner);
-        let handle = std::thread::Builder::new()
-            .name("latchkey-hash-bg".into())
-            .spawn(move || bg.background(rx))
-            .map_err(|e| Error::io(dir, e))?;
-        Ok(HashStore { inner, background: Mutex::new(Some((tx, handle))) })
-    }
-
-    fn stop_background(&self) {
-        if let Some((tx, handle)) = self.background.lock().take() {
-            drop(tx);
-            let _ = handle.join();
-        }
+        let background = Background::spawn("latchkey-hash-bg", dir, move |stop| bg.background(stop))?;
+        Ok(HashStore { inner, background })
     }
 }
 
@@ -163,8 +152,7 @@ impl Store for HashStore {
 
     fn sync(&self) -> Result<()> {
         self.inner.durability.check_open()?;
-        let lsn = self.inner.writer.lock().lsn;
-        self.inner.sync_to(lsn)
+        self.inner.sync_all()
     }
 
     fn compact(&self) -> Result<()> {
@@ -177,18 +165,7 @@ impl Store for HashStore {
     }
 
     fn close(&self) -> Result<()> {
-        if self.inner.durability.is_closed() {
-            return Ok(());
-        }
-        self.stop_background();
-        let result = if self.inner.durability.is_poisoned() {
-            Ok(())
-        } else {
-            let lsn = self.inner.writer.lock().lsn;
-            self.inner.sync_to(lsn)
-        };
-        self.inner.durability.set_closed();
-        result
+        self.inner.durability.close(|| self.background.stop(|| {}), || self.inner.sync_all())
     }
 
     fn active_log(&self) -> Option<PathBuf> {
@@ -303,6 +280,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Makes everything written so far durable.
+    fn sync_all(&self) -> Result<()> {
+        let lsn = self.writer.lock().lsn;
+        self.sync_to(lsn)
+    }
+
     /// Makes the log durable up to `lsn`; older segments were synced when
     /// they were sealed.
     fn sync_to(&self, lsn: u64) -> Result<()> {
@@ -377,8 +360,7 @@ impl Inner {
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
             if sync_every.is_some_and(|every| last_sync.elapsed() >= every) {
                 last_sync = Instant::now();
-                let lsn = self.writer.lock().lsn;
-                if let Err(e) = self.sync_to(lsn) {
+                if let Err(e) = self.sync_all() {
                     tracing::error!(error = %e, "interval sync failed");
                 }
             }

@@ -31,11 +31,11 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::background::Background;
 use crate::batch::{Op, WriteBatch};
 use crate::check::{CheckReport, Progress};
 use crate::codec::Kind;
@@ -136,7 +136,7 @@ pub(crate) struct Inner {
 /// The `lsm` engine behind a `Db`.
 pub(crate) struct LsmStore {
     inner: Arc<Inner>,
-    background: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    background: Background,
 }
 
 impl LsmStore {
@@ -173,13 +173,9 @@ impl LsmStore {
             counters: Counters::default(),
             _lock: lock,
         });
-        let (tx, rx) = mpsc::channel();
         let bg = Arc::clone(&inner);
-        let handle = std::thread::Builder::new()
-            .name("latchkey-lsm-bg".into())
-            .spawn(move || bg.background(rx))
-            .map_err(|e| Error::io(dir, e))?;
-        Ok(LsmStore { inner, background: Mutex::new(Some((tx, handle))) })
+        let background = Background::spawn("latchkey-lsm-bg", dir, move |stop| bg.background(stop))?;
+        Ok(LsmStore { inner, background })
     }
 }
 
@@ -223,8 +219,7 @@ impl Store for LsmStore {
 
     fn sync(&self) -> Result<()> {
         self.inner.durability.check_open()?;
-        let lsn = self.inner.writer.lock().lsn;
-        self.inner.sync_to(lsn)
+        self.inner.sync_all()
     }
 
     fn compact(&self) -> Result<()> {
@@ -237,22 +232,9 @@ impl Store for LsmStore {
     }
 
     fn close(&self) -> Result<()> {
-        if self.inner.durability.is_closed() {
-            return Ok(());
-        }
-        if let Some((tx, handle)) = self.background.lock().take() {
-            drop(tx);
-            self.inner.wake();
-            let _ = handle.join();
-        }
-        let result = if self.inner.durability.is_poisoned() {
-            Ok(())
-        } else {
-            let lsn = self.inner.writer.lock().lsn;
-            self.inner.sync_to(lsn)
-        };
-        self.inner.durability.set_closed();
-        self.inner.wake();
+        let inner = &self.inner;
+        let result = inner.durability.close(|| self.background.stop(|| inner.wake()), || inner.sync_all());
+        inner.wake(); // writers waiting for room see the database closed
         result
     }
 
@@ -266,6 +248,12 @@ impl Inner {
     fn poison(&self, e: &Error) {
         self.durability.poison(e);
         self.wake();
+    }
+
+    /// Makes everything written so far durable.
+    fn sync_all(&self) -> Result<()> {
+        let lsn = self.writer.lock().lsn;
+        self.sync_to(lsn)
     }
 
     /// Makes the log durable up to `lsn`; older logs were synced when
@@ -548,8 +536,7 @@ impl Inner {
             }
             if sync_every.is_some_and(|every| last_sync.elapsed() >= every) {
                 last_sync = Instant::now();
-                let lsn = self.writer.lock().lsn;
-                if let Err(e) = self.sync_to(lsn) {
+                if let Err(e) = self.sync_all() {
                     tracing::error!(error = %e, "interval sync failed");
                 }
             }
