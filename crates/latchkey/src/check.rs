@@ -43,5 +43,6 @@ pub fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckReport> {
     match engine {
         Engine::Hash => crate::hash::check(dir, progress),
         Engine::Lsm => crate::lsm::check(dir, progress),
+        Engine::Btree => crate::btree::check(dir, progress),
     }
 }

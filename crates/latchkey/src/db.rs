@@ -65,8 +65,20 @@ pub struct Stats {
     pub bytes_compacted: u64,
     /// Times a writer waited because background work fell behind.
     pub stalls: u64,
-    /// Tables (or files) read per point lookup, on average since open.
+    /// Tables (or files, or pages) read per point lookup, on average since open.
     pub probes_per_get: f64,
+    /// `btree`: levels of the tree (1 = the root is a leaf).
+    pub height: u64,
+    /// `btree`: pages in the page file, the meta page included.
+    pub pages: u64,
+    /// `btree`: pages on the free list.
+    pub free_pages: u64,
+    /// `btree`: used bytes per byte of tree-node pages.
+    pub fill_factor: f64,
+    /// `btree`: page reads served by the buffer pool, as a fraction.
+    pub cache_hit_rate: f64,
+    /// `btree`: bytes in the write-ahead log since the last checkpoint.
+    pub log_bytes: u64,
 }
 
 impl Stats {
@@ -97,7 +109,17 @@ impl std::fmt::Display for Stats {
         writeln!(f, "merges since open:    {}", self.merges)?;
         writeln!(f, "bytes compacted:      {}", self.bytes_compacted)?;
         writeln!(f, "write stalls:         {}", self.stalls)?;
-        write!(f, "probes per get:       {:.2}", self.probes_per_get)
+        write!(f, "probes per get:       {:.2}", self.probes_per_get)?;
+        if self.engine == "btree" {
+            writeln!(f)?;
+            writeln!(f, "height:               {}", self.height)?;
+            writeln!(f, "pages:                {}", self.pages)?;
+            writeln!(f, "free pages:           {}", self.free_pages)?;
+            writeln!(f, "fill factor:          {:.2}", self.fill_factor)?;
+            writeln!(f, "cache hit rate:       {:.4}", self.cache_hit_rate)?;
+            write!(f, "log bytes:            {}", self.log_bytes)?;
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +133,8 @@ pub(crate) trait Store: Send + Sync {
     fn compact(&self) -> Result<()>;
     fn stats(&self) -> Stats;
     fn close(&self) -> Result<()>;
+    /// Stops like a killed process: no sync, no checkpoint, nothing written.
+    fn crash(&self);
     fn active_log(&self) -> Option<PathBuf>;
 }
 
@@ -223,6 +247,7 @@ impl Db {
         let store: Arc<dyn Store> = match opts.engine {
             Engine::Hash => Arc::new(crate::hash::HashStore::open(dir, opts.clone())?),
             Engine::Lsm => Arc::new(crate::lsm::LsmStore::open(dir, opts.clone())?),
+            Engine::Btree => Arc::new(crate::btree::BtreeStore::open(dir, opts.clone())?),
         };
         Ok(Db { store, engine: opts.engine, fences: Arc::default() })
     }
@@ -363,6 +388,14 @@ impl Db {
     /// directory lock is released once the last clone is dropped.
     pub fn close(self) -> Result<()> {
         self.store.close()
+    }
+
+    /// Closes the database the way a killed process would: nothing more is
+    /// synced or written (no checkpoint, no final sync). Bytes already
+    /// handed to the OS stay. For crash tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        self.store.crash();
     }
 
     /// The log file that new writes go to (for crash tests and tools).

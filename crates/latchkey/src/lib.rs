@@ -21,6 +21,10 @@
 //! Engines:
 //! - [`Engine::Hash`]: Bitcask, an in-memory hash index over append-only
 //!   log segments, with background merge and hint files.
+//! - [`Engine::Lsm`]: an LSM-tree (memtable, SSTables with bloom filters,
+//!   leveled compaction).
+//! - [`Engine::Btree`]: a B+tree of pages overwritten in place, with a
+//!   write-ahead log and latches.
 //!
 //! Durability is chosen per database with [`Sync`]; every record carries a
 //! CRC32C checksum and damaged data is reported, never returned.
@@ -29,6 +33,7 @@
 
 mod background;
 mod batch;
+mod btree;
 pub mod check;
 pub mod codec;
 mod db;

@@ -15,6 +15,10 @@ pub enum Engine {
     /// leveled compaction. For write-heavy data larger than memory, with
     /// range scans.
     Lsm,
+    /// B+tree: fixed-size pages overwritten in place, a write-ahead log,
+    /// latches. For read-heavy data and predictable read latency. Keys are
+    /// limited to about a quarter of a page (995 bytes with 4 KiB pages).
+    Btree,
 }
 
 impl Engine {
@@ -23,12 +27,13 @@ impl Engine {
         match self {
             Engine::Hash => "hash",
             Engine::Lsm => "lsm",
+            Engine::Btree => "btree",
         }
     }
 
     /// Every engine this build has.
     pub fn all() -> &'static [Engine] {
-        &[Engine::Hash, Engine::Lsm]
+        &[Engine::Hash, Engine::Lsm, Engine::Btree]
     }
 }
 
@@ -39,7 +44,7 @@ impl std::str::FromStr for Engine {
             .iter()
             .copied()
             .find(|e| e.name() == s)
-            .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash, lsm)")))
+            .ok_or_else(|| crate::Error::InvalidArgument(format!("unknown engine {s:?} (known: hash, lsm, btree)")))
     }
 }
 
@@ -98,6 +103,11 @@ pub struct Options {
     /// `lsm`: level 1 is compacted once it holds this many bytes; each
     /// deeper level holds 10 times more.
     pub base_level_bytes: u64,
+    /// `btree`: bytes per page, a power of two from 1 KiB to 32 KiB. Fixed
+    /// when the directory is created (an existing directory keeps its own).
+    pub page_size: usize,
+    /// `btree`: bytes of pages kept in the buffer pool.
+    pub page_cache_size: usize,
 }
 
 impl Default for Options {
@@ -116,6 +126,8 @@ impl Default for Options {
             target_file_size: 4 << 20,
             l0_compaction_trigger: 4,
             base_level_bytes: 32 << 20,
+            page_size: 4096,
+            page_cache_size: 128 << 20,
         }
     }
 }

@@ -168,6 +168,10 @@ impl Store for HashStore {
         self.inner.durability.close(|| self.background.stop(|| {}), || self.inner.sync_all())
     }
 
+    fn crash(&self) {
+        let _ = self.inner.durability.close(|| self.background.stop(|| {}), || Ok(()));
+    }
+
     fn active_log(&self) -> Option<PathBuf> {
         Some(self.inner.writer.lock().active.path().to_owned())
     }

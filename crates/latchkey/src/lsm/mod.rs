@@ -238,6 +238,11 @@ impl Store for LsmStore {
         result
     }
 
+    fn crash(&self) {
+        let inner = &self.inner;
+        let _ = inner.durability.close(|| self.background.stop(|| inner.wake()), || Ok(()));
+    }
+
     fn active_log(&self) -> Option<PathBuf> {
         let wal = self.inner.state.read().active.wal;
         Some(self.inner.dir.join(wal_name(wal)))
@@ -572,6 +577,7 @@ impl Inner {
             bytes_compacted: c.bytes_compacted.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
             probes_per_get: c.probes.load(Ordering::Relaxed) as f64 / gets.max(1) as f64,
+            ..Stats::default()
         }
     }
 }

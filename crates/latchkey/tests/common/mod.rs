@@ -21,6 +21,8 @@ pub fn small_options(engine: Engine, auto_merge: bool) -> Options {
         target_file_size: 8192,
         l0_compaction_trigger: 2,
         base_level_bytes: 32 * 1024,
+        page_size: 1024,
+        page_cache_size: 64 * 1024,
         ..Options::new(engine)
     }
 }

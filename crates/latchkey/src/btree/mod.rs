@@ -1,0 +1,777 @@
+//! The `btree` engine: a B+tree of fixed-size pages overwritten in place,
+//! protected by a write-ahead log.
+//!
+//! - **Pages** ([`page`]) are 4 KiB by default (`Options::page_size`, fixed
+//!   when the directory is created), each with a checksum, type, log
+//!   sequence number and its own page number; tree nodes are slotted.
+//!   Values too large for a leaf go to chains of overflow pages. Freed
+//!   pages go on a free list and are reused before the file grows.
+//! - **Buffer pool** ([`pager`]): pages are read into latched frames;
+//!   clean frames are evicted second-chance, dirty ones stay until the next
+//!   checkpoint writes them.
+//! - **Writes**: one writer at a time appends the batch to the log, then
+//!   changes the tree ([`tree`]). The first change to a page after a
+//!   checkpoint logs the page's image as of that checkpoint (its
+//!   *before-image*), so a page write torn by a crash is repaired from the
+//!   log. A batch of several changes is applied while readers wait at a
+//!   gate, so no reader sees half of it.
+//! - **Checkpoints** (when the log reaches `segment_size`, when dirty
+//!   pages fill half the pool, and at close): the log is synced, dirty
+//!   pages are written in place and synced, a new log is started whose
+//!   first record is the new meta page, then the meta page is written and
+//!   the old log deleted.
+//! - **Recovery**: take the newest log that begins with a whole checkpoint
+//!   record; write back its page images (the pages as of that checkpoint,
+//!   whatever a crash did to them) and the meta page; cut the file to the
+//!   checkpoint's length; replay its batches through the tree.
+//!
+//! Locks, in order: `writer`, `gate`, the root latch, page latches (top
+//! down, left to right), pager shards.
+
+mod check;
+mod page;
+mod pager;
+mod scan;
+mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::background::Background;
+use crate::batch::{Op, WriteBatch};
+use crate::codec::{Kind, Record};
+use crate::db::{Iter, Stats, Store};
+use crate::durability::Durability;
+use crate::error::{Error, Result};
+use crate::fs::{DirLock, File};
+use crate::log::{self, FileKind, LogWriter, TailMode};
+use crate::options::{Options, Sync};
+
+pub(crate) use check::check;
+use page::{Limits, Meta, PageType, Val};
+use pager::{Latch, Pager};
+
+/// The page file.
+pub(crate) const DATA_FILE: &str = "pages.btree";
+/// Key of a log record holding a page's before-image (seq = page number).
+pub(crate) const IMAGE_KEY: &[u8] = b"page";
+/// Key of the record that opens every log: the meta page of its checkpoint.
+pub(crate) const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+pub(crate) fn wal_name(id: u64) -> String {
+    format!("{id:08}.wal")
+}
+
+pub(crate) struct Writer {
+    wal: LogWriter,
+    wal_id: u64,
+    wal_sync: Arc<File>,
+    /// Log bytes appended since open (the log sequence number).
+    lsn: u64,
+    /// The tree's meta data as of now (on disk as of the last checkpoint).
+    meta: Meta,
+    /// Pages in the file at the last checkpoint: pages from here on are
+    /// new and need no before-image.
+    ckpt_pages: u32,
+    /// Pages whose before-image is in the log since the last checkpoint.
+    imaged: HashSet<u32>,
+    /// Pages changed since the last checkpoint, pinned in the pool.
+    dirty: HashMap<u32, Latch>,
+    /// Before-images not yet appended to the log.
+    images: Vec<u8>,
+    /// The batch being applied (stamped on pages as their lsn).
+    seq: u64,
+    buf: Vec<u8>,
+    offsets: Vec<(u64, u32)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    writes: AtomicU64,
+    user_bytes: AtomicU64,
+    disk_bytes: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpoint_bytes: AtomicU64,
+    gets: AtomicU64,
+    probes: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    opts: Options,
+    limits: Limits,
+    pager: Pager,
+    /// The root's page number; its latch is the top of every descent.
+    root: Arc<RwLock<u32>>,
+    /// Readers pass it shared; a batch of several changes holds it alone.
+    gate: RwLock<()>,
+    writer: Mutex<Writer>,
+    durability: Durability,
+    counters: Counters,
+    /// Mirrors for stats without the writer lock.
+    height: AtomicU64,
+    log_bytes: AtomicU64,
+    work: (Mutex<bool>, Condvar),
+    _lock: DirLock,
+}
+
+/// The `btree` engine behind a `Db`.
+pub(crate) struct BtreeStore {
+    inner: Arc<Inner>,
+    background: Background,
+}
+
+impl BtreeStore {
+    pub(crate) fn open(dir: &Path, opts: Options) -> Result<BtreeStore> {
+        let lock = crate::fs::lock_dir(dir)?;
+        let started = Instant::now();
+        let r = recover(dir, &opts)?;
+        let limits = Limits::new(r.meta.page_size as usize);
+        let file = File::open_rw(&dir.join(DATA_FILE))?;
+        let wal_sync = Arc::new(File::open_read(&dir.join(wal_name(r.wal_id)))?);
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            limits,
+            pager: Pager::new(file, limits.page_size, opts.page_cache_size),
+            root: Arc::new(RwLock::new(r.meta.root)),
+            gate: RwLock::new(()),
+            writer: Mutex::new(Writer {
+                wal: r.wal,
+                wal_id: r.wal_id,
+                wal_sync,
+                lsn: 0,
+                meta: r.meta,
+                ckpt_pages: r.meta.page_count,
+                imaged: r.imaged,
+                dirty: HashMap::new(),
+                images: Vec::new(),
+                seq: r.meta.seq,
+                buf: Vec::new(),
+                offsets: Vec::new(),
+            }),
+            durability: Durability::default(),
+            counters: Counters::default(),
+            height: AtomicU64::new(r.meta.height as u64),
+            log_bytes: AtomicU64::new(0),
+            work: (Mutex::new(false), Condvar::new()),
+            opts,
+            _lock: lock,
+        });
+        let replayed = r.batches.len();
+        if replayed > 0 {
+            let mut w = inner.writer.lock();
+            for (seq, ops) in &r.batches {
+                inner.apply(&mut w, *seq, ops)?;
+                inner.flush_images(&mut w)?;
+            }
+            inner.checkpoint(&mut w)?;
+        }
+        inner.log_bytes.store(inner.writer.lock().wal.len(), Ordering::Relaxed);
+        tracing::info!(
+            dir = %dir.display(),
+            pages = r.meta.page_count,
+            restored_pages = r.restored,
+            replayed_batches = replayed,
+            ms = started.elapsed().as_millis() as u64,
+            "btree engine opened"
+        );
+        let bg = Arc::clone(&inner);
+        let background = Background::spawn("latchkey-btree-bg", dir, move |stop| bg.background(stop))?;
+        Ok(BtreeStore { inner, background })
+    }
+}
+
+impl Drop for BtreeStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the btree engine failed");
+        }
+    }
+}
+
+impl Store for BtreeStore {
+    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        self.inner.durability.check_open()?;
+        self.inner.get(key, now_ms)
+    }
+
+    fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
+        let lsn = self.inner.write(batch)?;
+        if durable && self.inner.opts.sync == Sync::Always {
+            self.inner.sync_to(lsn)?;
+        }
+        Ok(())
+    }
+
+    fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter> {
+        self.inner.durability.check_open()?;
+        Ok(Iter::new(Box::new(scan::ScanIter::new(Arc::clone(&self.inner), range, now_ms))))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.inner.durability.check_open()?;
+        self.inner.sync_all()
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.inner.durability.check_writable()?;
+        self.inner.sweep_expired()?;
+        let mut w = self.inner.writer.lock();
+        self.inner.durability.check_writable()?;
+        self.inner.checkpoint(&mut w)
+    }
+
+    fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner.durability.close(
+            || self.background.stop(|| inner.wake()),
+            || {
+                let mut w = inner.writer.lock();
+                inner.checkpoint(&mut w)
+            },
+        )
+    }
+
+    fn crash(&self) {
+        let inner = &self.inner;
+        let _ = inner.durability.close(|| self.background.stop(|| inner.wake()), || Ok(()));
+    }
+
+    fn active_log(&self) -> Option<PathBuf> {
+        Some(self.inner.dir.join(wal_name(self.inner.writer.lock().wal_id)))
+    }
+}
+
+impl Inner {
+    fn poison(&self, e: &Error) {
+        self.durability.poison(e);
+    }
+
+    fn wake(&self) {
+        *self.work.0.lock() = true;
+        self.work.1.notify_all();
+    }
+
+    fn sync_all(&self) -> Result<()> {
+        let lsn = self.writer.lock().lsn;
+        self.sync_to(lsn)
+    }
+
+    fn sync_to(&self, lsn: u64) -> Result<()> {
+        self.durability.sync_to(lsn, || {
+            let w = self.writer.lock();
+            let log = Arc::clone(&w.wal_sync);
+            (w.lsn, move || log.sync_data())
+        })
+    }
+
+    /// Checks what the tree cannot store before anything is logged.
+    fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
+        for op in &batch.ops {
+            let key = op.key();
+            if key.len() > self.limits.max_key {
+                return Err(Error::InvalidArgument(format!(
+                    "key of {} bytes: the btree engine with {}-byte pages takes keys of at most {} bytes",
+                    key.len(),
+                    self.limits.page_size,
+                    self.limits.max_key
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies and logs `batch`; returns the log position that makes it
+    /// durable. (A reader may see a single change before it is logged, as
+    /// on every engine a reader may see a write before it is synced.)
+    fn write(&self, batch: &WriteBatch) -> Result<u64> {
+        self.check_batch(batch)?;
+        let mut guard = self.writer.lock();
+        self.durability.check_writable()?;
+        let w = &mut *guard;
+        let seq = w.meta.seq + 1;
+        batch.encode(seq, &mut w.buf, &mut w.offsets);
+        // The tree first, then one append: the before-images it produced,
+        // then the batch, so the batch's records are the last bytes of the
+        // write (torn anywhere, the batch is wholly absent).
+        if let Err(e) = self.apply(w, seq, &batch.ops) {
+            self.poison(&e);
+            return Err(e);
+        }
+        let buf = std::mem::take(&mut w.buf);
+        w.images.extend_from_slice(&buf);
+        w.buf = buf;
+        if let Err(e) = self.flush_images(w) {
+            self.poison(&e);
+            return Err(e);
+        }
+        let c = &self.counters;
+        c.writes.fetch_add(1, Ordering::Relaxed);
+        c.user_bytes.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
+        if w.wal.len() >= self.opts.segment_size || w.dirty.len() > self.pager.capacity() / 2 {
+            if let Err(e) = self.checkpoint(w) {
+                self.poison(&e);
+                return Err(e);
+            }
+        }
+        self.log_bytes.store(w.wal.len(), Ordering::Relaxed);
+        Ok(w.lsn)
+    }
+
+    /// Changes the tree; a batch of several changes shuts readers out
+    /// while it is applied.
+    fn apply(&self, w: &mut Writer, seq: u64, ops: &[Op]) -> Result<()> {
+        w.seq = seq;
+        let _gate = (ops.len() > 1).then(|| self.gate.write());
+        for op in ops {
+            match op {
+                Op::Put { key, value, expires_at } => self.put(w, key, value, *expires_at)?,
+                Op::Delete { key } => {
+                    self.delete(w, key)?;
+                }
+            }
+        }
+        w.meta.seq = seq;
+        self.height.store(w.meta.height as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Appends what the last change produced: before-images (and, in
+    /// `write`, the batch after them).
+    fn flush_images(&self, w: &mut Writer) -> Result<()> {
+        if w.images.is_empty() {
+            return Ok(());
+        }
+        w.wal.append(&w.images)?;
+        w.lsn += w.images.len() as u64;
+        self.counters.disk_bytes.fetch_add(w.images.len() as u64, Ordering::Relaxed);
+        w.images.clear();
+        Ok(())
+    }
+
+    /// Writes every dirty page in place and starts a new log.
+    fn checkpoint(&self, w: &mut Writer) -> Result<()> {
+        // 1. The log (with every before-image) is durable before any page
+        //    is overwritten.
+        w.wal.sync()?;
+        self.durability.mark_synced(w.lsn);
+        self.durability.syncs.fetch_add(1, Ordering::Relaxed);
+        // 2. Dirty pages in place, then synced.
+        let ps = self.limits.page_size as u64;
+        let mut ids: Vec<u32> = w.dirty.keys().copied().collect();
+        ids.sort_unstable();
+        let mut buf = Vec::with_capacity(ps as usize);
+        for id in &ids {
+            buf.clear();
+            buf.extend_from_slice(&w.dirty[id].read());
+            page::seal(&mut buf);
+            self.pager.file.write_all_at(&buf, *id as u64 * ps)?;
+        }
+        let written = ids.len() as u64 * ps;
+        self.pager.file.sync_data()?;
+        // 3. A new log, opened by the new meta page, durable.
+        let new_id = w.wal_id + 1;
+        w.meta.wal = new_id;
+        let meta_page = w.meta.page();
+        let path = self.dir.join(wal_name(new_id));
+        if path.exists() {
+            crate::fs::remove_file(&path)?;
+        }
+        let mut wal = LogWriter::create(&path, FileKind::Wal)?;
+        let mut rec = Vec::new();
+        Record { kind: Kind::Meta, seq: w.meta.seq, expires_at: 0, key: CHECKPOINT_KEY, value: &meta_page }
+            .encode_into(&mut rec);
+        wal.append(&rec)?;
+        wal.sync()?;
+        crate::fs::sync_dir(&self.dir)?;
+        // 4. The meta page; then the old log can go.
+        self.pager.file.write_all_at(&meta_page, 0)?;
+        self.pager.file.sync_data()?;
+        let old = std::mem::replace(&mut w.wal_id, new_id);
+        w.wal_sync = Arc::new(File::open_read(&path)?);
+        w.wal = wal;
+        w.lsn += rec.len() as u64;
+        self.durability.mark_synced(w.lsn);
+        crate::fs::remove_file(&self.dir.join(wal_name(old)))?;
+        w.ckpt_pages = w.meta.page_count;
+        w.imaged.clear();
+        w.dirty.clear();
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters.checkpoint_bytes.fetch_add(written + ps, Ordering::Relaxed);
+        self.counters.disk_bytes.fetch_add(written + ps + rec.len() as u64, Ordering::Relaxed);
+        self.log_bytes.store(w.wal.len(), Ordering::Relaxed);
+        tracing::debug!(pages = ids.len(), wal = new_id, "checkpoint finished");
+        Ok(())
+    }
+
+    fn get(&self, key: &[u8], now: u64) -> Result<Option<(Vec<u8>, u64)>> {
+        let _gate = self.gate.read();
+        let root = self.root.read();
+        let mut g = self.pager.read(*root)?;
+        drop(root);
+        let mut touched = 1;
+        loop {
+            match page::page_type(&g) {
+                Some(PageType::Internal) => {
+                    let child = page::child_for(&g, key);
+                    g = self.pager.read(child)?;
+                    touched += 1;
+                }
+                Some(PageType::Leaf) => break,
+                _ => {
+                    let id = page::page_id(&g);
+                    return Err(page::damaged(
+                        self.pager.path(),
+                        id,
+                        self.limits.page_size,
+                        format!("page {id}: reached from a parent but not a tree node"),
+                    ));
+                }
+            }
+        }
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters.probes.fetch_add(touched, Ordering::Relaxed);
+        let Ok(i) = page::search(&g, key) else { return Ok(None) };
+        let (expires, val) = page::leaf_value(&g, i);
+        if expires != 0 && expires <= now {
+            return Ok(None);
+        }
+        Ok(Some((self.value(val)?, expires)))
+    }
+
+    /// A value as stored: inline, or read from its overflow chain. The
+    /// caller holds the latch of the leaf that points at the chain.
+    fn value(&self, val: Val) -> Result<Vec<u8>> {
+        let (mut id, len) = match val {
+            Val::Inline(v) => return Ok(v),
+            Val::Overflow { head, len } => (head, len as usize),
+        };
+        let mut out = Vec::with_capacity(len);
+        while id != 0 && out.len() < len {
+            let g = self.pager.read(id)?;
+            let data = page::overflow_data(&g).map_err(|r| page::damaged(self.pager.path(), id, g.len(), r))?;
+            out.extend_from_slice(data);
+            id = page::next(&g);
+        }
+        if out.len() != len {
+            return Err(Error::corruption(
+                self.pager.path(),
+                0,
+                format!("an overflow chain holds {} bytes, its leaf says {len}", out.len()),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every expired key (as ordinary logged batches).
+    fn sweep_expired(&self) -> Result<()> {
+        let now = crate::db::now_ms();
+        let mut from = Bound::Unbounded;
+        loop {
+            let (expired, next) = scan::expired_keys(self, from, now, 1000)?;
+            if !expired.is_empty() {
+                let mut b = WriteBatch::new();
+                b.system = true;
+                for k in expired {
+                    b.delete(k);
+                }
+                self.write(&b)?;
+            }
+            match next {
+                Some(k) => from = Bound::Excluded(k),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn background(&self, stop: mpsc::Receiver<()>) {
+        let sync_every = match self.opts.sync {
+            Sync::Interval(ms) => Some(Duration::from_millis(ms)),
+            _ => None,
+        };
+        let tick = sync_every.unwrap_or(self.opts.background_interval);
+        loop {
+            if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                return;
+            }
+            if sync_every.is_some() && !self.durability.is_poisoned() {
+                if let Err(e) = self.sync_all() {
+                    tracing::error!(error = %e, "interval sync failed");
+                }
+            }
+            let mut woken = self.work.0.lock();
+            if !*woken {
+                self.work.1.wait_for(&mut woken, tick);
+            }
+            *woken = false;
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let w = self.writer.lock();
+        let m = w.meta;
+        drop(w);
+        let c = &self.counters;
+        let gets = c.gets.load(Ordering::Relaxed);
+        let (hits, misses) = (self.pager.hits.load(Ordering::Relaxed), self.pager.misses.load(Ordering::Relaxed));
+        let ps = self.limits.page_size as u64;
+        let node_pages = (m.page_count - 1 - m.free_count - m.overflow_pages) as u64;
+        let disk = crate::fs::list(&self.dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| std::fs::metadata(self.dir.join(n)).ok())
+            .map(|md| md.len())
+            .sum();
+        Stats {
+            engine: "btree",
+            keys: m.keys,
+            disk_bytes: disk,
+            live_bytes: m.used_bytes + m.overflow_pages as u64 * ps,
+            files: 2,
+            writes: c.writes.load(Ordering::Relaxed),
+            user_bytes_written: c.user_bytes.load(Ordering::Relaxed),
+            disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
+            syncs: self.durability.syncs.load(Ordering::Relaxed),
+            merges: c.checkpoints.load(Ordering::Relaxed),
+            bytes_compacted: c.checkpoint_bytes.load(Ordering::Relaxed),
+            stalls: 0,
+            probes_per_get: c.probes.load(Ordering::Relaxed) as f64 / gets.max(1) as f64,
+            height: m.height as u64,
+            pages: m.page_count as u64,
+            free_pages: m.free_count as u64,
+            fill_factor: m.used_bytes as f64 / (node_pages.max(1) * ps) as f64,
+            cache_hit_rate: hits as f64 / (hits + misses).max(1) as f64,
+            log_bytes: self.log_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Recovered {
+    meta: Meta,
+    wal: LogWriter,
+    wal_id: u64,
+    /// Pages whose before-image the kept log holds.
+    imaged: HashSet<u32>,
+    restored: usize,
+    /// Batches of the kept log, to replay: (seq, changes).
+    batches: Vec<(u64, Vec<Op>)>,
+}
+
+fn ids_with(dir: &Path, ext: &str) -> Result<Vec<u64>> {
+    let mut ids: Vec<u64> =
+        crate::fs::list(dir)?.iter().filter_map(|n| n.strip_suffix(ext).and_then(|s| s.parse().ok())).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// What one log holds, read for recovery or check.
+pub(crate) struct LogContents {
+    pub checkpoint: Option<Meta>,
+    pub images: Vec<(u32, Vec<u8>)>,
+    pub batches: Vec<(u64, Vec<Op>)>,
+    pub end: log::ScanEnd,
+    pub records: u64,
+}
+
+/// Reads log `id`. `None` if it does not begin with a whole checkpoint
+/// record (a log whose creation a crash interrupted).
+pub(crate) fn read_log(dir: &Path, id: u64) -> Result<LogContents> {
+    let path = dir.join(wal_name(id));
+    let mut c = LogContents {
+        checkpoint: None,
+        images: Vec::new(),
+        batches: Vec::new(),
+        end: log::ScanEnd { valid_len: 0, file_len: 0, headerless: true },
+        records: 0,
+    };
+    let mut first = true;
+    let mut seen = HashSet::new();
+    c.end = log::scan(&path, FileKind::Wal, TailMode::Newest, |f| {
+        let r = f.record;
+        c.records += 1;
+        let is_first = std::mem::replace(&mut first, false);
+        match r.kind {
+            Kind::Meta if r.key == CHECKPOINT_KEY => {
+                if !is_first {
+                    return Err(Error::corruption(&path, f.offset, "a checkpoint record inside a log"));
+                }
+                let meta = page::Meta::from_page(r.value)
+                    .filter(|m| m.page_size as usize == r.value.len())
+                    .ok_or_else(|| Error::corruption(&path, f.offset, "a checkpoint record with a bad meta page"))?;
+                c.checkpoint = Some(meta);
+            }
+            _ if c.checkpoint.is_none() => {
+                return Err(Error::corruption(&path, f.offset, "a log that does not begin with a checkpoint"));
+            }
+            Kind::Meta if r.key == IMAGE_KEY => {
+                let ps = c.checkpoint.map_or(0, |m| m.page_size as usize);
+                if r.value.len() != ps || r.seq == 0 || r.seq > u32::MAX as u64 {
+                    return Err(Error::corruption(&path, f.offset, "a page image of the wrong size or number"));
+                }
+                if seen.insert(r.seq as u32) {
+                    c.images.push((r.seq as u32, r.value.to_vec()));
+                }
+            }
+            Kind::Put | Kind::Delete => {
+                let op = if r.kind == Kind::Put {
+                    Op::Put { key: r.key.to_vec(), value: r.value.to_vec(), expires_at: r.expires_at }
+                } else {
+                    Op::Delete { key: r.key.to_vec() }
+                };
+                match c.batches.last_mut() {
+                    Some((seq, ops)) if *seq == r.seq => ops.push(op),
+                    _ => c.batches.push((r.seq, vec![op])),
+                }
+            }
+            _ => return Err(Error::corruption(&path, f.offset, format!("unexpected {:?} record", r.kind))),
+        }
+        Ok(())
+    })?;
+    Ok(c)
+}
+
+/// The newest log that begins with a whole checkpoint record, and what it holds.
+pub(crate) fn newest_checkpoint(dir: &Path) -> Result<Option<(u64, LogContents)>> {
+    for id in ids_with(dir, ".wal")?.into_iter().rev() {
+        let c = read_log(dir, id)?;
+        if c.checkpoint.is_some() {
+            return Ok(Some((id, c)));
+        }
+    }
+    Ok(None)
+}
+
+fn create_fresh(dir: &Path, opts: &Options) -> Result<()> {
+    let ps = opts.page_size;
+    let meta = Meta {
+        page_size: ps as u32,
+        root: 1,
+        height: 1,
+        page_count: 2,
+        wal: 1,
+        used_bytes: page::HEADER as u64,
+        ..Meta::default()
+    };
+    let mut root = vec![0u8; ps];
+    root[16..20].copy_from_slice(&1u32.to_le_bytes());
+    page::Node::Leaf { prev: 0, next: 0, cells: Vec::new() }.encode(&mut root);
+    page::seal(&mut root);
+    let tmp = dir.join(format!("{DATA_FILE}.tmp"));
+    if tmp.exists() {
+        crate::fs::remove_file(&tmp)?;
+    }
+    let f = File::create_new(&tmp)?;
+    f.write_all_at(&meta.page(), 0)?;
+    f.write_all_at(&root, ps as u64)?;
+    f.sync_data()?;
+    crate::fs::rename(&tmp, &dir.join(DATA_FILE))?;
+    crate::fs::sync_dir(dir)
+}
+
+/// Brings the page file back to the last checkpoint and gathers the
+/// batches logged since.
+fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
+    if !dir.join(DATA_FILE).exists() {
+        if !opts.page_size.is_power_of_two() || !(page::MIN_PAGE_SIZE..=page::MAX_PAGE_SIZE).contains(&opts.page_size) {
+            return Err(Error::InvalidArgument(format!(
+                "page_size {} must be a power of two from {} to {}",
+                opts.page_size,
+                page::MIN_PAGE_SIZE,
+                page::MAX_PAGE_SIZE
+            )));
+        }
+        for id in ids_with(dir, ".wal")? {
+            crate::fs::remove_file(&dir.join(wal_name(id)))?;
+        }
+        create_fresh(dir, opts)?;
+    }
+    let file = File::open_rw(&dir.join(DATA_FILE))?;
+    let (wal_id, contents) = match newest_checkpoint(dir)? {
+        Some((id, c)) => (id, Some(c)),
+        None => (0, None),
+    };
+    let meta = match &contents {
+        Some(c) => c.checkpoint.expect("newest_checkpoint returns logs with one"),
+        None => {
+            // No log yet (a crash right after the page file was made):
+            // the meta page is the checkpoint.
+            let mut p = vec![0u8; 512];
+            file.read_exact_at(&mut p, 0)?;
+            let ps = u32::from_le_bytes(p[page::HEADER + 8..page::HEADER + 12].try_into().unwrap()) as usize;
+            let ps = if (page::MIN_PAGE_SIZE..=page::MAX_PAGE_SIZE).contains(&ps) { ps } else { 4096 };
+            let mut p = vec![0u8; ps];
+            file.read_exact_at(&mut p, 0)?;
+            page::verify(&p, 0)
+                .ok()
+                .and_then(|_| Meta::from_page(&p))
+                .ok_or_else(|| page::damaged(file.path(), 0, ps, "page 0: the meta page is damaged".into()))?
+        }
+    };
+    let ps = meta.page_size as u64;
+    // The pages as of the checkpoint, whatever a crash did to them since.
+    let mut imaged = HashSet::new();
+    let mut restored = 0;
+    if let Some(c) = &contents {
+        for (id, image) in &c.images {
+            let mut p = image.clone();
+            page::seal(&mut p);
+            file.write_all_at(&p, *id as u64 * ps)?;
+            imaged.insert(*id);
+            restored += 1;
+        }
+    }
+    file.write_all_at(&meta.page(), 0)?;
+    let want = meta.page_count as u64 * ps;
+    if file.len()? < want {
+        return Err(Error::corruption(
+            file.path(),
+            file.len()?,
+            format!("the page file ends before the {} pages of the last checkpoint", meta.page_count),
+        ));
+    }
+    file.set_len(want)?;
+    file.sync_data()?;
+    if restored > 0 {
+        tracing::info!(pages = restored, "restored pages from their before-images in the log");
+    }
+    let (wal, wal_id, batches) = match contents {
+        Some(c) => {
+            let wal = LogWriter::reopen(&dir.join(wal_name(wal_id)), c.end.valid_len)?;
+            (wal, wal_id, c.batches)
+        }
+        None => {
+            let id = meta.wal.max(1);
+            let path = dir.join(wal_name(id));
+            if path.exists() {
+                crate::fs::remove_file(&path)?;
+            }
+            let mut wal = LogWriter::create(&path, FileKind::Wal)?;
+            let mut rec = Vec::new();
+            let meta = Meta { wal: id, ..meta };
+            Record { kind: Kind::Meta, seq: meta.seq, expires_at: 0, key: CHECKPOINT_KEY, value: &meta.page() }
+                .encode_into(&mut rec);
+            wal.append(&rec)?;
+            wal.sync()?;
+            crate::fs::sync_dir(dir)?;
+            (wal, id, Vec::new())
+        }
+    };
+    // Logs older than the kept one are covered by its checkpoint; newer
+    // ones never got a whole checkpoint record.
+    for id in ids_with(dir, ".wal")? {
+        if id != wal_id {
+            crate::fs::remove_file(&dir.join(wal_name(id)))?;
+        }
+    }
+    Ok(Recovered { meta: Meta { wal: wal_id, ..meta }, wal, wal_id, imaged, restored, batches })
+}

@@ -1,0 +1,307 @@
+//! Range scans over the leaves. A scan reads in chunks: it descends to the
+//! leaf where it stands (read latches, parent held until the child is),
+//! copies out up to a chunk of entries — following the right-sibling links
+//! forwards, holding each leaf until it holds the next — and lets go of
+//! every latch before returning them. Going backwards it descends again
+//! for each leaf, so latches are only ever taken left to right.
+//!
+//! A scan is not a snapshot: each chunk is read as of the moment it is
+//! read, and a batch is never seen in part (chunks are read at the gate).
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::page::{self, PageType};
+use super::pager::ReadGuard;
+use super::Inner;
+use crate::db::KeyValue;
+use crate::error::Result;
+
+const CHUNK: usize = 128;
+
+type Key = Vec<u8>;
+
+fn above_lo(k: &[u8], lo: &Bound<Vec<u8>>) -> bool {
+    match lo {
+        Bound::Included(b) => k >= b.as_slice(),
+        Bound::Excluded(b) => k > b.as_slice(),
+        Bound::Unbounded => true,
+    }
+}
+
+fn below_hi(k: &[u8], hi: &Bound<Vec<u8>>) -> bool {
+    match hi {
+        Bound::Included(b) => k <= b.as_slice(),
+        Bound::Excluded(b) => k < b.as_slice(),
+        Bound::Unbounded => true,
+    }
+}
+
+enum Target<'a> {
+    Key(&'a [u8]),
+    First,
+    Last,
+}
+
+impl Inner {
+    /// Descends with read latches to the leaf for `target`.
+    fn leaf_for(&self, target: Target<'_>) -> Result<ReadGuard> {
+        let root = self.root.read();
+        let mut g = self.pager.read(*root)?;
+        drop(root);
+        loop {
+            match page::page_type(&g) {
+                Some(PageType::Leaf) => return Ok(g),
+                Some(PageType::Internal) => {
+                    let child = match target {
+                        Target::Key(k) => page::child_for(&g, k),
+                        Target::First => page::child_at(&g, 0),
+                        Target::Last => page::child_at(&g, page::nslots(&g)),
+                    };
+                    g = self.pager.read(child)?;
+                }
+                _ => {
+                    let id = page::page_id(&g);
+                    return Err(page::damaged(
+                        self.pager.path(),
+                        id,
+                        self.limits.page_size,
+                        format!("page {id}: reached from a parent but not a tree node"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Up to about `CHUNK` live entries in (lo, hi), ascending; and whether
+    /// the range may hold more after them.
+    fn chunk_forward(&self, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, now: u64) -> Result<(Vec<KeyValue>, bool)> {
+        let _gate = self.gate.read();
+        let mut g = match lo {
+            Bound::Included(k) | Bound::Excluded(k) => self.leaf_for(Target::Key(k))?,
+            Bound::Unbounded => self.leaf_for(Target::First)?,
+        };
+        let mut out = Vec::new();
+        loop {
+            let start = match lo {
+                Bound::Included(k) => page::search(&g, k).unwrap_or_else(|i| i),
+                Bound::Excluded(k) => page::search(&g, k).map_or_else(|i| i, |i| i + 1),
+                Bound::Unbounded => 0,
+            };
+            for i in start..page::nslots(&g) {
+                let key = page::key_at(&g, i);
+                if !below_hi(key, hi) {
+                    return Ok((out, false));
+                }
+                let (expires, val) = page::leaf_value(&g, i);
+                if expires == 0 || expires > now {
+                    out.push((key.to_vec(), self.value(val)?));
+                }
+            }
+            let next = page::next(&g);
+            if next == 0 {
+                return Ok((out, false));
+            }
+            if out.len() >= CHUNK {
+                return Ok((out, true));
+            }
+            g = self.pager.read(next)?;
+        }
+    }
+
+    /// Up to a leaf's worth of live entries in (lo, hi), descending; and
+    /// whether the range may hold more before them. It moves left by the
+    /// leaf's left-sibling link after letting go of the leaf, and checks the
+    /// link still holds (else descends again).
+    fn chunk_backward(&self, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, now: u64) -> Result<(Vec<KeyValue>, bool)> {
+        let _gate = self.gate.read();
+        let descend = || match hi {
+            Bound::Included(k) | Bound::Excluded(k) => self.leaf_for(Target::Key(k)),
+            Bound::Unbounded => self.leaf_for(Target::Last),
+        };
+        let mut g = descend()?;
+        let mut out = Vec::new();
+        let mut retries = 0;
+        loop {
+            let end = match hi {
+                Bound::Included(k) => page::search(&g, k).map_or_else(|i| i, |i| i + 1),
+                Bound::Excluded(k) => page::search(&g, k).unwrap_or_else(|i| i),
+                Bound::Unbounded => page::nslots(&g),
+            };
+            for i in (0..end).rev() {
+                let key = page::key_at(&g, i);
+                if !above_lo(key, lo) {
+                    return Ok((out, false));
+                }
+                let (expires, val) = page::leaf_value(&g, i);
+                if expires == 0 || expires > now {
+                    out.push((key.to_vec(), self.value(val)?));
+                }
+            }
+            let prev = page::aux(&g);
+            if prev == 0 || !out.is_empty() {
+                return Ok((out, prev != 0));
+            }
+            let id = page::page_id(&g);
+            drop(g);
+            let p = self.pager.read(prev)?;
+            if page::page_type(&p) == Some(PageType::Leaf) && page::next(&p) == id {
+                g = p;
+                continue;
+            }
+            drop(p);
+            retries += 1;
+            if retries > 1000 {
+                return Err(page::damaged(
+                    self.pager.path(),
+                    id,
+                    self.limits.page_size,
+                    format!("page {id}: its left-sibling link {prev} does not link back"),
+                ));
+            }
+            g = descend()?;
+        }
+    }
+}
+
+/// Keys expired at `now`, from `from` on, up to `limit` of them; and the
+/// last key looked at if there is more to look at.
+pub(super) fn expired_keys(
+    inner: &Inner,
+    from: Bound<Vec<u8>>,
+    now: u64,
+    limit: usize,
+) -> Result<(Vec<Vec<u8>>, Option<Key>)> {
+    let mut g = match &from {
+        Bound::Included(k) | Bound::Excluded(k) => inner.leaf_for(Target::Key(k))?,
+        Bound::Unbounded => inner.leaf_for(Target::First)?,
+    };
+    let mut out = Vec::new();
+    loop {
+        let mut last = None;
+        for i in 0..page::nslots(&g) {
+            let key = page::key_at(&g, i);
+            if !above_lo(key, &from) {
+                continue;
+            }
+            let (expires, _) = page::leaf_value(&g, i);
+            if expires != 0 && expires <= now {
+                out.push(key.to_vec());
+            }
+            last = Some(key);
+        }
+        let next = page::next(&g);
+        if next == 0 {
+            return Ok((out, None));
+        }
+        if out.len() >= limit {
+            return Ok((out, last.map(<[u8]>::to_vec)));
+        }
+        g = inner.pager.read(next)?;
+    }
+}
+
+/// The iterator behind `Db::scan` on the `btree` engine.
+pub(super) struct ScanIter {
+    inner: Arc<Inner>,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    now: u64,
+    front: VecDeque<KeyValue>,
+    back: VecDeque<KeyValue>,
+    front_more: bool,
+    back_more: bool,
+    failed: bool,
+}
+
+impl ScanIter {
+    pub(super) fn new(inner: Arc<Inner>, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now: u64) -> ScanIter {
+        ScanIter {
+            inner,
+            lo: range.0,
+            hi: range.1,
+            now,
+            front: VecDeque::new(),
+            back: VecDeque::new(),
+            front_more: true,
+            back_more: true,
+            failed: false,
+        }
+    }
+
+    fn empty_range(&self) -> bool {
+        match (&self.lo, &self.hi) {
+            (Bound::Included(a), Bound::Included(b)) => a > b,
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b))
+            | (Bound::Excluded(a), Bound::Included(b)) => a >= b,
+            _ => false,
+        }
+    }
+}
+
+impl Iterator for ScanIter {
+    type Item = Result<KeyValue>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed || self.empty_range() {
+                return None;
+            }
+            if let Some((k, v)) = self.front.pop_front() {
+                if !below_hi(&k, &self.hi) {
+                    self.front.clear();
+                    self.front_more = false;
+                    return None;
+                }
+                self.lo = Bound::Excluded(k.clone());
+                return Some(Ok((k, v)));
+            }
+            if !self.front_more {
+                return None;
+            }
+            match self.inner.chunk_forward(&self.lo, &self.hi, self.now) {
+                Ok((items, more)) => {
+                    self.front_more = more;
+                    self.front.extend(items);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl DoubleEndedIterator for ScanIter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed || self.empty_range() {
+                return None;
+            }
+            if let Some((k, v)) = self.back.pop_front() {
+                if !above_lo(&k, &self.lo) {
+                    self.back.clear();
+                    self.back_more = false;
+                    return None;
+                }
+                self.hi = Bound::Excluded(k.clone());
+                return Some(Ok((k, v)));
+            }
+            if !self.back_more {
+                return None;
+            }
+            match self.inner.chunk_backward(&self.lo, &self.hi, self.now) {
+                Ok((items, more)) => {
+                    self.back_more = more;
+                    self.back.extend(items);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
