@@ -8,6 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use latchkey::fs::faults::{self, Plan};
 use latchkey::{Db, Engine, WriteBatch};
 use proptest::prelude::*;
 
@@ -25,6 +26,10 @@ enum Op {
     /// A batch in flight when the machine lost power: the newest log is
     /// cut at `cut` (a fraction) of the way through the batch's bytes.
     Crash(Vec<(u8, Option<Vec<u8>>)>, f64),
+    /// A merge, compaction or checkpoint whose writes fail after this many
+    /// bytes (the write that crosses it torn part-way: for `btree`, a page
+    /// written in place torn), then the process dies.
+    TornCompaction(u16),
 }
 
 fn key(k: u8) -> Vec<u8> {
@@ -52,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Reopen),
         3 => Just(Op::Merge),
         3 => (changes(), 0.0f64..=1.0).prop_map(|(c, f)| Op::Crash(c, f)),
+        1 => any::<u16>().prop_map(Op::TornCompaction),
     ]
 }
 
@@ -131,6 +137,19 @@ fn run(engine: Engine, ops: Vec<Op>) {
             }
             Op::Merge => {
                 db.compact().unwrap();
+                assert_same(&db, &model);
+            }
+            Op::TornCompaction(budget) => {
+                let plan = Plan {
+                    write_budget: Some(budget as u64),
+                    write_error: Some(std::io::ErrorKind::Other),
+                    ..Plan::default()
+                };
+                faults::set(dir.path(), plan);
+                let _ = db.compact();
+                db.simulate_crash();
+                faults::clear(dir.path());
+                db = Db::open(dir.path(), opts.clone()).unwrap();
                 assert_same(&db, &model);
             }
             Op::Crash(changes, fraction) => {

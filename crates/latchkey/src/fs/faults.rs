@@ -4,10 +4,10 @@
 //! parallel do not disturb each other; with none registered the cost is one
 //! relaxed atomic load per write or sync.
 //!
-//! The power-loss model is that of an append-only log on a file system that
-//! orders metadata after data: a file keeps the length it had at its last
-//! successful `sync_data`; bytes appended since are lost. (Overwrites in
-//! place are not modelled.)
+//! The power-loss model is that of a file system that orders metadata after
+//! data: a file keeps the length it had at its last successful `sync_data`;
+//! bytes appended since are lost, and bytes overwritten in place since get
+//! their old contents back (the write never reached the disk).
 #![doc(hidden)]
 
 use std::collections::BTreeMap;
@@ -21,6 +21,8 @@ use std::sync::{Mutex, MutexGuard};
 pub struct Plan {
     /// Every fsync (of a file or of the directory) fails with EIO.
     pub fail_syncs: bool,
+    /// After this many more fsyncs succeed, every fsync fails with EIO.
+    pub sync_budget: Option<u64>,
     /// After this many more bytes are written, writes fail (the write that
     /// crosses the budget is torn: its bytes up to the budget land).
     pub write_budget: Option<u64>,
@@ -34,10 +36,13 @@ struct Registry {
     /// Per file under a registered directory: the length it had at its last
     /// fsync (or when first seen).
     durable: BTreeMap<PathBuf, u64>,
+    /// Per file: (offset, old bytes) of overwrites made since its last fsync.
+    overwritten: BTreeMap<PathBuf, Vec<(u64, Vec<u8>)>>,
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { plans: Vec::new(), durable: BTreeMap::new() });
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { plans: Vec::new(), durable: BTreeMap::new(), overwritten: BTreeMap::new() });
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -65,16 +70,26 @@ pub fn clear(dir: &Path) {
     let mut r = registry();
     r.plans.retain(|(d, _)| d != dir);
     r.durable.retain(|p, _| !p.starts_with(dir));
+    r.overwritten.retain(|p, _| !p.starts_with(dir));
     if r.plans.is_empty() {
         ACTIVE.store(false, Ordering::Relaxed);
     }
 }
 
-/// Simulates a power loss in `dir`: every tracked file is cut back to the
-/// length it had at its last fsync. Call it after the database is closed
-/// or dropped. Tracking goes on.
+/// Simulates a power loss in `dir`: every tracked file gets back the bytes
+/// it had at its last fsync where they were overwritten since, and is cut
+/// back to the length it had then. Call it after the database is closed or
+/// dropped. Tracking goes on.
 pub fn power_loss(dir: &Path) -> std::io::Result<()> {
-    let r = registry();
+    use std::os::unix::fs::FileExt;
+    let mut r = registry();
+    for (path, writes) in r.overwritten.iter_mut().filter(|(p, _)| p.starts_with(dir)) {
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+            for (offset, old) in writes.drain(..).rev() {
+                f.write_all_at(&old, offset)?;
+            }
+        }
+    }
     for (path, &len) in r.durable.iter().filter(|(p, _)| p.starts_with(dir)) {
         if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
             if f.metadata()?.len() > len {
@@ -92,12 +107,21 @@ fn note_seen(r: &mut Registry, path: &Path, file: &std::fs::File) {
     }
 }
 
-/// Before a write of `len` bytes: how many may land, and the error if the
-/// write must fail.
-pub(crate) fn before_write(path: &Path, file: &std::fs::File, len: usize) -> (usize, Option<Error>) {
+/// Before a write of `len` bytes at `offset`: how many may land, and the
+/// error if the write must fail.
+pub(crate) fn before_write(path: &Path, file: &std::fs::File, offset: u64, len: usize) -> (usize, Option<Error>) {
+    use std::os::unix::fs::FileExt;
     let mut r = registry();
     let Some(i) = plan_index(&r, path) else { return (len, None) };
     note_seen(&mut r, path, file);
+    let durable = r.durable.get(path).copied().unwrap_or(0);
+    if offset < durable {
+        let n = (durable - offset).min(len as u64) as usize;
+        let mut old = vec![0u8; n];
+        if file.read_exact_at(&mut old, offset).is_ok() {
+            r.overwritten.entry(path.to_owned()).or_default().push((offset, old));
+        }
+    }
     let plan = &mut r.plans[i].1;
     match plan.write_budget {
         Some(budget) if (len as u64) > budget => {
@@ -118,16 +142,29 @@ pub(crate) fn before_write(path: &Path, file: &std::fs::File, len: usize) -> (us
 pub(crate) fn before_sync(path: &Path, file: &std::fs::File) -> Option<Error> {
     let mut r = registry();
     let i = plan_index(&r, path)?;
-    if r.plans[i].1.fail_syncs {
+    if spend_sync(&mut r.plans[i].1) {
         return Some(Error::other("injected fsync failure"));
     }
     let len = file.metadata().map_or(0, |m| m.len());
     r.durable.insert(path.to_owned(), len);
+    r.overwritten.remove(path);
     None
 }
 
 pub(crate) fn before_dir_sync(dir: &Path) -> Option<Error> {
-    let r = registry();
+    let mut r = registry();
     let i = plan_index(&r, dir)?;
-    r.plans[i].1.fail_syncs.then(|| Error::other("injected fsync failure"))
+    spend_sync(&mut r.plans[i].1).then(|| Error::other("injected fsync failure"))
+}
+
+/// Whether the next fsync under `plan` fails.
+fn spend_sync(plan: &mut Plan) -> bool {
+    match plan.sync_budget {
+        Some(0) => true,
+        Some(n) => {
+            plan.sync_budget = Some(n - 1);
+            plan.fail_syncs
+        }
+        None => plan.fail_syncs,
+    }
 }

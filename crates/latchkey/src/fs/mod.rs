@@ -58,7 +58,7 @@ impl File {
     /// Writes all of `buf` at `offset`.
     pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if faults::active() {
-            let (allowed, fault) = faults::before_write(&self.path, &self.file, buf.len());
+            let (allowed, fault) = faults::before_write(&self.path, &self.file, offset, buf.len());
             if let Some(e) = fault {
                 // A torn write: part of it may land before the error.
                 if allowed > 0 {
