@@ -69,7 +69,7 @@ fn the_free_list_reuses_the_pages_of_deleted_keys() {
 fn value_for(key: u32, version: u64) -> Vec<u8> {
     let mut v = format!("{key}:{version}:").into_bytes();
     // Some values spill into overflow pages.
-    let len = if version % 17 == 0 { 5000 } else { (version % 90) as usize };
+    let len = if version.is_multiple_of(17) { 5000 } else { (version % 90) as usize };
     v.resize(v.len() + len, b'.');
     v
 }
