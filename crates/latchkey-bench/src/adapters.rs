@@ -31,13 +31,18 @@ const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t
 
 pub fn open(name: &str, path: &Path) -> Result<Any, String> {
     Ok(match name {
-        "latchkey-hash" | "latchkey-lsm" => {
-            let engine = if name.ends_with("hash") { latchkey::Engine::Hash } else { latchkey::Engine::Lsm };
+        "latchkey-hash" | "latchkey-lsm" | "latchkey-btree" => {
+            let engine: latchkey::Engine = name["latchkey-".len()..].parse().map_err(e)?;
             // Bulk writes without fsync; `sync()` makes them durable.
             Any::Latchkey(
                 latchkey::Db::open(
                     path,
-                    latchkey::Options { sync: latchkey::Sync::Never, ..latchkey::Options::new(engine) },
+                    // btree: a 1 GiB buffer pool, as redb's default cache.
+                    latchkey::Options {
+                        sync: latchkey::Sync::Never,
+                        page_cache_size: 1 << 30,
+                        ..latchkey::Options::new(engine)
+                    },
                 )
                 .map_err(e)?,
             )

@@ -23,8 +23,8 @@ struct Args {
     /// Keys to load (16-byte keys, 100-byte values).
     #[arg(long, default_value_t = 1_000_000)]
     n: u64,
-    /// Engines to run (comma-separated): latchkey-hash, latchkey-lsm, redb, fjall, sled, rocksdb.
-    #[arg(long, value_delimiter = ',', default_value = "latchkey-hash,latchkey-lsm,redb,fjall,sled")]
+    /// Engines to run (comma-separated): latchkey-hash, latchkey-lsm, latchkey-btree, redb, fjall, sled, rocksdb.
+    #[arg(long, value_delimiter = ',', default_value = "latchkey-hash,latchkey-lsm,latchkey-btree,redb,fjall,sled")]
     engines: Vec<String>,
     /// Where the stores are built (a fresh directory under it per engine).
     #[arg(long)]

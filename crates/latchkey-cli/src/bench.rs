@@ -34,12 +34,32 @@ pub enum BenchCommand {
     /// Writes --keys keys (16-byte random keys, 100-byte values) in batches
     /// of 1,000 with no sync per batch and one sync at the end, then times
     /// 100,000 random gets of present keys and 100,000 of missing keys, and
-    /// prints the tables probed per get and the process's peak memory (RSS).
+    /// prints the tables probed per get (for btree: pages touched per get,
+    /// the tree's height and the buffer pool's hit rate) and the process's
+    /// peak memory (RSS).
     Load {
-        /// Engine to load: hash or lsm.
+        /// Engine to load: hash, lsm or btree.
         #[arg(long, default_value = "lsm")]
         engine: Engine,
+        /// btree: MiB of pages the buffer pool keeps (enough for every page
+        /// of 1M keys by default, so reads are served from memory).
+        #[arg(long, default_value_t = 512)]
+        cache_mb: usize,
         /// How many keys.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Where to build the store (must not exist; removed afterwards).
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+    /// Show that the btree's free list reuses pages.
+    ///
+    /// Inserts --keys random keys (16-byte keys, 100-byte values) in
+    /// batches of 1,000, deletes 90% of them, then inserts --keys new keys,
+    /// and prints the page file's size after each step (the growth of the
+    /// last step should stay under 20%), then runs `check` on the tree.
+    BtreeSpace {
+        /// How many keys per insert step.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
         /// Where to build the store (must not exist; removed afterwards).
@@ -75,7 +95,8 @@ fn count_bar(len: u64, msg: &'static str) -> ProgressBar {
 pub fn run(cmd: &BenchCommand) -> latchkey::Result<()> {
     match cmd {
         BenchCommand::HintReopen { keys, path, keep } => hint_reopen(*keys, path.clone(), *keep),
-        BenchCommand::Load { engine, keys, path } => load(*engine, *keys, path.clone()),
+        BenchCommand::Load { engine, keys, path, cache_mb } => load(*engine, *keys, path.clone(), *cache_mb),
+        BenchCommand::BtreeSpace { keys, path } => btree_space(*keys, path.clone()),
     }
 }
 
@@ -166,13 +187,18 @@ fn key_of(i: u64) -> [u8; 16] {
     k
 }
 
-fn load(engine: Engine, keys: u64, path: Option<PathBuf>) -> latchkey::Result<()> {
-    let dir = path.unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-load-{}", std::process::id())));
+fn fresh_dir(path: Option<PathBuf>, what: &str) -> latchkey::Result<TempDir> {
+    let dir = path.unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-{what}-{}", std::process::id())));
     if dir.exists() {
         return Err(latchkey::Error::InvalidArgument(format!("{} exists; give a path that does not", dir.display())));
     }
-    let dir = TempDir(dir, false);
-    let db = Db::open(&dir.0, Options { sync: latchkey::Sync::Never, ..Options::new(engine) })?;
+    Ok(TempDir(dir, false))
+}
+
+fn load(engine: Engine, keys: u64, path: Option<PathBuf>, cache_mb: usize) -> latchkey::Result<()> {
+    let dir = fresh_dir(path, "load")?;
+    let opts = Options { sync: latchkey::Sync::Never, page_cache_size: cache_mb << 20, ..Options::new(engine) };
+    let db = Db::open(&dir.0, opts)?;
     let bar = count_bar(keys, "loading");
     let started = Instant::now();
     let mut batch = WriteBatch::new();
@@ -233,6 +259,73 @@ fn load(engine: Engine, keys: u64, path: Option<PathBuf>) -> latchkey::Result<()
         after_misses.files,
         after_misses.write_amplification()
     );
+    if engine == Engine::Btree {
+        println!(
+            "btree:         height {}, {} pages, fill factor {:.2}, pool hit rate {:.4}; a present-key get touches {:.2} pages",
+            after_misses.height,
+            after_misses.pages,
+            after_misses.fill_factor,
+            after_misses.cache_hit_rate,
+            probes(&loaded, &after_hits, reads, 0)
+        );
+    }
     println!("peak RSS:      {:>10.1} MiB", peak_rss() as f64 / (1 << 20) as f64);
     db.close()
+}
+
+fn btree_space(keys: u64, path: Option<PathBuf>) -> latchkey::Result<()> {
+    let dir = fresh_dir(path, "btree-space")?;
+    let db = Db::open(&dir.0, Options { sync: latchkey::Sync::Never, ..Options::new(Engine::Btree) })?;
+    let file_len = || std::fs::metadata(dir.0.join("pages.btree")).map_or(0, |m| m.len());
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    let first: Vec<u128> = (0..keys).map(|_| rng.gen()).collect();
+    let value = [7u8; 100];
+    let step = |label: &'static str, n: u64, f: &mut dyn FnMut(u64, &mut WriteBatch)| -> latchkey::Result<()> {
+        let bar = count_bar(n, label);
+        let mut batch = WriteBatch::new();
+        for i in 0..n {
+            f(i, &mut batch);
+            if batch.len() >= 1000 || i + 1 == n {
+                db.write(std::mem::take(&mut batch))?;
+                bar.set_position(i + 1);
+            }
+        }
+        bar.finish_and_clear();
+        db.compact()
+    };
+    step("inserting", keys, &mut |i, b| {
+        b.put(first[i as usize].to_be_bytes(), value);
+    })?;
+    let full = file_len();
+    step("deleting", keys, &mut |i, b| {
+        if i % 10 != 0 {
+            b.delete(first[i as usize].to_be_bytes());
+        }
+    })?;
+    let after_delete = file_len();
+    let free = db.stats().free_pages;
+    step("inserting", keys, &mut |_, b| {
+        b.put(rng.gen::<u128>().to_be_bytes(), value);
+    })?;
+    let again = file_len();
+    let stats = db.stats();
+    db.close()?;
+    println!("btree, {keys} keys per step (16-byte keys, 100-byte values), batches of 1,000");
+    println!("after inserting {keys} keys:        {full:>12} bytes");
+    println!("after deleting 90% of them:      {after_delete:>12} bytes ({free} pages on the free list)");
+    println!("after inserting {keys} new keys:    {again:>12} bytes",);
+    println!("growth over the last step:       {:>11.1}%", (again as f64 / after_delete as f64 - 1.0) * 100.0);
+    println!(
+        "tree: height {}, {} pages, {} free, fill factor {:.2}",
+        stats.height, stats.pages, stats.free_pages, stats.fill_factor
+    );
+    let report = latchkey::check(&dir.0, &mut |_, _| {})?;
+    println!("check: {} pages and records verified, {} damage", report.records, report.damage.len());
+    if !report.is_clean() {
+        for d in &report.damage {
+            eprintln!("damage: {d}");
+        }
+        return Err(latchkey::Error::InvalidArgument("check found damage".into()));
+    }
+    Ok(())
 }

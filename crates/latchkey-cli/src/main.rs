@@ -21,7 +21,8 @@ struct Cli {
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
 
-    /// The engine of a new directory: lsm (LSM-tree) or hash (Bitcask)
+    /// The engine of a new directory: lsm (LSM-tree), hash (Bitcask) or
+    /// btree (B+tree)
     /// [default: lsm]. An existing directory keeps the engine that made it.
     #[arg(long, global = true)]
     engine: Option<Engine>,
@@ -108,7 +109,7 @@ enum Command {
     /// whole, no batch is there in part, and `check` finds no damage.
     /// Exits 1 on the first loss (keeping the directory for inspection).
     Torture {
-        /// Engine to torture: lsm or hash.
+        /// Engine to torture: lsm, hash or btree.
         #[arg(long, default_value = "lsm")]
         engine: Engine,
         /// How many kills.
