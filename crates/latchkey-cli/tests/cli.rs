@@ -142,9 +142,14 @@ fn check_names_damage_in_an_lsm_table() {
 /// The short version of the crash loop (the long one is in docs/RELIABILITY.md).
 #[test]
 fn crash_loop_loses_nothing_acknowledged_on_every_engine() {
-    for (engine, server, cycles) in
-        [("hash", false, "10"), ("lsm", false, "10"), ("btree", false, "10"), ("hash", true, "5"), ("lsm", true, "5"), ("btree", true, "5")]
-    {
+    for (engine, server, cycles) in [
+        ("hash", false, "10"),
+        ("lsm", false, "10"),
+        ("btree", false, "10"),
+        ("hash", true, "5"),
+        ("lsm", true, "5"),
+        ("btree", true, "5"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("torture");
         let mut args =

@@ -18,7 +18,8 @@ use super::Inner;
 use crate::db::KeyValue;
 use crate::error::Result;
 
-const CHUNK: usize = 128;
+/// A forward scan reads whole leaves until it has at least this many entries.
+const CHUNK: usize = 16;
 
 type Key = Vec<u8>;
 
@@ -74,15 +75,34 @@ impl Inner {
         }
     }
 
-    /// Up to about `CHUNK` live entries in (lo, hi), ascending; and whether
-    /// the range may hold more after them.
-    fn chunk_forward(&self, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>, now: u64) -> Result<(Vec<KeyValue>, bool)> {
+    /// At least `CHUNK` live entries in (lo, hi) (whole leaves), ascending,
+    /// appended to `out`; returns where it stopped: the last leaf read and
+    /// its right sibling (`None` when the range is done). With `resume`
+    /// (where the last chunk stopped) it latches that right sibling
+    /// directly, and uses it if it is still a leaf whose left sibling is the
+    /// leaf read last (else it descends from the root).
+    fn chunk_forward(
+        &self,
+        lo: &Bound<Vec<u8>>,
+        hi: &Bound<Vec<u8>>,
+        now: u64,
+        resume: Option<(u32, u32)>,
+        out: &mut VecDeque<KeyValue>,
+    ) -> Result<Option<(u32, u32)>> {
         let _gate = self.gate.read();
-        let mut g = match lo {
-            Bound::Included(k) | Bound::Excluded(k) => self.leaf_for(Target::Key(k))?,
-            Bound::Unbounded => self.leaf_for(Target::First)?,
+        let direct = match resume {
+            Some((last, next)) => {
+                let g = self.pager.read(next)?;
+                (page::page_type(&g) == Some(PageType::Leaf) && page::aux(&g) == last).then_some(g)
+            }
+            None => None,
         };
-        let mut out = Vec::new();
+        let mut g = match (direct, lo) {
+            (Some(g), _) => g,
+            (None, Bound::Included(k) | Bound::Excluded(k)) => self.leaf_for(Target::Key(k))?,
+            (None, Bound::Unbounded) => self.leaf_for(Target::First)?,
+        };
+        let mut got = 0;
         loop {
             let start = match lo {
                 Bound::Included(k) => page::search(&g, k).unwrap_or_else(|i| i),
@@ -92,19 +112,20 @@ impl Inner {
             for i in start..page::nslots(&g) {
                 let key = page::key_at(&g, i);
                 if !below_hi(key, hi) {
-                    return Ok((out, false));
+                    return Ok(None);
                 }
                 let (expires, val) = page::leaf_value(&g, i);
                 if expires == 0 || expires > now {
-                    out.push((key.to_vec(), self.value(val)?));
+                    out.push_back((key.to_vec(), self.value(val)?));
+                    got += 1;
                 }
             }
             let next = page::next(&g);
             if next == 0 {
-                return Ok((out, false));
+                return Ok(None);
             }
-            if out.len() >= CHUNK {
-                return Ok((out, true));
+            if got >= CHUNK {
+                return Ok(Some((page::page_id(&g), next)));
             }
             g = self.pager.read(next)?;
         }
@@ -202,6 +223,17 @@ pub(super) fn expired_keys(
     }
 }
 
+/// Makes `b` exclude `k`, reusing its buffer (no allocation per entry).
+fn set_excluded(b: &mut Bound<Vec<u8>>, k: &[u8]) {
+    match b {
+        Bound::Excluded(v) => {
+            v.clear();
+            v.extend_from_slice(k);
+        }
+        _ => *b = Bound::Excluded(k.to_vec()),
+    }
+}
+
 /// The iterator behind `Db::scan` on the `btree` engine.
 pub(super) struct ScanIter {
     inner: Arc<Inner>,
@@ -210,7 +242,8 @@ pub(super) struct ScanIter {
     now: u64,
     front: VecDeque<KeyValue>,
     back: VecDeque<KeyValue>,
-    front_more: bool,
+    /// Where the last forward chunk stopped; `None` once the range is done.
+    front_at: Option<Option<(u32, u32)>>,
     back_more: bool,
     failed: bool,
 }
@@ -224,7 +257,7 @@ impl ScanIter {
             now,
             front: VecDeque::new(),
             back: VecDeque::new(),
-            front_more: true,
+            front_at: Some(None),
             back_more: true,
             failed: false,
         }
@@ -251,20 +284,15 @@ impl Iterator for ScanIter {
             if let Some((k, v)) = self.front.pop_front() {
                 if !below_hi(&k, &self.hi) {
                     self.front.clear();
-                    self.front_more = false;
+                    self.front_at = None;
                     return None;
                 }
-                self.lo = Bound::Excluded(k.clone());
+                set_excluded(&mut self.lo, &k);
                 return Some(Ok((k, v)));
             }
-            if !self.front_more {
-                return None;
-            }
-            match self.inner.chunk_forward(&self.lo, &self.hi, self.now) {
-                Ok((items, more)) => {
-                    self.front_more = more;
-                    self.front.extend(items);
-                }
+            let Some(resume) = self.front_at else { return None };
+            match self.inner.chunk_forward(&self.lo, &self.hi, self.now, resume, &mut self.front) {
+                Ok(at) => self.front_at = at.map(Some),
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e));
@@ -286,7 +314,7 @@ impl DoubleEndedIterator for ScanIter {
                     self.back_more = false;
                     return None;
                 }
-                self.hi = Bound::Excluded(k.clone());
+                set_excluded(&mut self.hi, &k);
                 return Some(Ok((k, v)));
             }
             if !self.back_more {
