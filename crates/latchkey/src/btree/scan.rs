@@ -290,7 +290,7 @@ impl Iterator for ScanIter {
                 set_excluded(&mut self.lo, &k);
                 return Some(Ok((k, v)));
             }
-            let Some(resume) = self.front_at else { return None };
+            let resume = self.front_at?;
             match self.inner.chunk_forward(&self.lo, &self.hi, self.now, resume, &mut self.front) {
                 Ok(at) => self.front_at = at.map(Some),
                 Err(e) => {
