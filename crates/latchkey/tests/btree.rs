@@ -273,7 +273,7 @@ fn a_scan_interleaved_with_splits_and_merges_stays_ordered_and_whole() {
             let item = if reverse { it.next_back() } else { it.next() };
             let Some(item) = item else { break };
             seen.push(u32::from_be_bytes(item.unwrap().0.try_into().unwrap()));
-            if seen.len() % 50 == 0 {
+            if seen.len().is_multiple_of(50) {
                 // Churn everywhere: odd keys in (splits), keys = 2 mod 8 out (merges).
                 round += 1;
                 for k in (round * 97 % 1000..20_000).step_by(1000) {
