@@ -15,8 +15,8 @@
 //!   *before-image*), so a page write torn by a crash is repaired from the
 //!   log. A batch of several changes is applied while readers wait at a
 //!   gate, so no reader sees half of it.
-//! - **Checkpoints** (when the log reaches `segment_size`, when dirty
-//!   pages fill half the pool, and at close): the log is synced, dirty
+//! - **Checkpoints** (when the batches logged since the last one reach
+//!   `segment_size`, when dirty pages fill half the pool, and at close): the log is synced, dirty
 //!   pages are written in place and synced, a new log is started whose
 //!   first record is the new meta page, then the meta page is written and
 //!   the old log deleted.
@@ -87,6 +87,9 @@ pub(crate) struct Writer {
     images: Vec<u8>,
     /// The batch being applied (stamped on pages as their lsn).
     seq: u64,
+    /// Bytes of batches logged since the last checkpoint (what recovery
+    /// would replay; page images are not counted).
+    logged: u64,
     buf: Vec<u8>,
     offsets: Vec<(u64, u32)>,
 }
@@ -152,6 +155,7 @@ impl BtreeStore {
                 dirty: HashMap::new(),
                 images: Vec::new(),
                 seq: r.meta.seq,
+                logged: 0,
                 buf: Vec::new(),
                 offsets: Vec::new(),
             }),
@@ -318,7 +322,8 @@ impl Inner {
         let c = &self.counters;
         c.writes.fetch_add(1, Ordering::Relaxed);
         c.user_bytes.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
-        if w.wal.len() >= self.opts.segment_size || w.dirty.len() > self.pager.capacity() / 2 {
+        w.logged += w.buf.len() as u64;
+        if w.logged >= self.opts.segment_size || w.dirty.len() > self.pager.capacity() / 2 {
             if let Err(e) = self.checkpoint(w) {
                 self.poison(&e);
                 return Err(e);
@@ -404,6 +409,7 @@ impl Inner {
         self.durability.mark_synced(w.lsn);
         crate::fs::remove_file(&self.dir.join(wal_name(old)))?;
         w.ckpt_pages = w.meta.page_count;
+        w.logged = 0;
         w.imaged.clear();
         w.dirty.clear();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -75,6 +75,11 @@ pub(crate) fn next(p: &[u8]) -> u32 {
 pub(crate) fn aux(p: &[u8]) -> u32 {
     u32_at(p, 24)
 }
+/// Bytes free between the slots and the cells.
+pub(crate) fn free_space(p: &[u8]) -> usize {
+    u16_at(p, 28).saturating_sub(HEADER + 2 * nslots(p))
+}
+
 /// Bytes in use: header, slots and cells.
 pub(crate) fn used(p: &[u8]) -> usize {
     HEADER + 2 * nslots(p) + (p.len() - u16_at(p, 28).min(p.len()))
@@ -242,6 +247,62 @@ impl LeafCell {
     }
 }
 
+impl LeafCell {
+    /// Writes the cell into `cell`, exactly `size() - 2` bytes.
+    fn write(&self, cell: &mut [u8]) {
+        let (flags, vlen) = match &self.val {
+            Val::Inline(v) => (0, v.len() as u32),
+            Val::Overflow { len, .. } => (FLAG_OVERFLOW, *len),
+        };
+        cell[0..2].copy_from_slice(&(self.key.len() as u16).to_le_bytes());
+        cell[2] = flags;
+        cell[3..11].copy_from_slice(&self.expires.to_le_bytes());
+        cell[11..15].copy_from_slice(&vlen.to_le_bytes());
+        let k = LEAF_CELL_HEADER;
+        cell[k..k + self.key.len()].copy_from_slice(&self.key);
+        let v = k + self.key.len();
+        match &self.val {
+            Val::Inline(value) => cell[v..].copy_from_slice(value),
+            Val::Overflow { head, .. } => cell[v..v + 4].copy_from_slice(&head.to_le_bytes()),
+        }
+    }
+}
+
+/// Inserts `cell` as cell `i` of a leaf without rewriting the page, if the
+/// free space between the slots and the cells holds it. The cells stay
+/// packed, so `used` stays exact.
+pub(crate) fn insert_leaf_cell(p: &mut [u8], i: usize, cell: &LeafCell) -> bool {
+    let n = nslots(p);
+    let start = u16_at(p, 28);
+    let len = cell.size() - 2;
+    if HEADER + 2 * (n + 1) + len > start {
+        return false;
+    }
+    let at = start - len;
+    cell.write(&mut p[at..start]);
+    p.copy_within(HEADER + 2 * i..HEADER + 2 * n, HEADER + 2 * i + 2);
+    p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
+    p[6..8].copy_from_slice(&((n + 1) as u16).to_le_bytes());
+    p[28..30].copy_from_slice(&(at as u16).to_le_bytes());
+    true
+}
+
+/// Replaces cell `i` of a leaf in place when the new cell has the same key
+/// and takes exactly as many bytes, and neither value is in an overflow
+/// chain (the play-counter case). Returns whether it did.
+pub(crate) fn overwrite_leaf_cell(p: &mut [u8], i: usize, cell: &LeafCell) -> bool {
+    let off = slot(p, i);
+    if p[off + 2] & FLAG_OVERFLOW != 0 || !matches!(cell.val, Val::Inline(_)) {
+        return false;
+    }
+    let len = cell.size() - 2;
+    if leaf_cell_len(p, off) != Some(len) || key_at(p, i) != cell.key.as_slice() {
+        return false;
+    }
+    cell.write(&mut p[off..off + len]);
+    true
+}
+
 /// Bytes an internal cell with `key` takes, slot included.
 pub(crate) fn internal_size(key: &[u8]) -> usize {
     2 + INTERNAL_CELL_HEADER + key.len()
@@ -296,28 +357,9 @@ impl Node {
             Node::Leaf { prev, next, cells } => {
                 set_header(p, PageType::Leaf, cells.len(), id, *next, *prev);
                 for (i, c) in cells.iter().enumerate() {
-                    let (flags, stored): (u8, &[u8]) = match &c.val {
-                        Val::Inline(v) => (0, v),
-                        Val::Overflow { .. } => (FLAG_OVERFLOW, &[]),
-                    };
-                    let vlen = match &c.val {
-                        Val::Inline(v) => v.len() as u32,
-                        Val::Overflow { len, .. } => *len,
-                    };
                     let len = c.size() - 2;
                     end -= len;
-                    let cell = &mut p[end..end + len];
-                    cell[0..2].copy_from_slice(&(c.key.len() as u16).to_le_bytes());
-                    cell[2] = flags;
-                    cell[3..11].copy_from_slice(&c.expires.to_le_bytes());
-                    cell[11..15].copy_from_slice(&vlen.to_le_bytes());
-                    let k = LEAF_CELL_HEADER;
-                    cell[k..k + c.key.len()].copy_from_slice(&c.key);
-                    let v = k + c.key.len();
-                    match &c.val {
-                        Val::Inline(_) => cell[v..].copy_from_slice(stored),
-                        Val::Overflow { head, .. } => cell[v..v + 4].copy_from_slice(&head.to_le_bytes()),
-                    }
+                    c.write(&mut p[end..end + len]);
                     p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(end as u16).to_le_bytes());
                 }
             }
@@ -536,6 +578,30 @@ mod tests {
         assert_eq!(child_for(&p, b"h"), 11);
         assert_eq!(child_for(&p, b"z"), 12);
         assert_eq!(used(&p), i.size());
+    }
+
+    #[test]
+    fn in_place_inserts_and_overwrites_match_a_rewrite() {
+        let mut p = vec![0u8; 1024];
+        p[16..20].copy_from_slice(&4u32.to_le_bytes());
+        let cell = |k: &[u8], v: &[u8]| LeafCell { key: k.to_vec(), expires: 0, val: Val::Inline(v.to_vec()) };
+        let mut model = vec![cell(b"b", b"2"), cell(b"d", b"4")];
+        Node::Leaf { prev: 0, next: 0, cells: model.clone() }.encode(&mut p);
+        for (k, i) in [(&b"a"[..], 0), (b"c", 2), (b"e", 4)] {
+            let c = cell(k, b"vv");
+            assert!(insert_leaf_cell(&mut p, i, &c));
+            model.insert(i, c);
+            assert_eq!(Node::decode(&p), Node::Leaf { prev: 0, next: 0, cells: model.clone() });
+            assert_eq!(used(&p), Node::Leaf { prev: 0, next: 0, cells: model.clone() }.size());
+        }
+        assert!(overwrite_leaf_cell(&mut p, 1, &cell(b"b", b"9")));
+        assert!(!overwrite_leaf_cell(&mut p, 1, &cell(b"b", b"99")), "a longer value needs a rewrite");
+        model[1] = cell(b"b", b"9");
+        assert_eq!(Node::decode(&p), Node::Leaf { prev: 0, next: 0, cells: model.clone() });
+        seal(&mut p);
+        assert!(verify(&p, 4).is_ok());
+        let big = cell(b"z", &[0u8; 1000]);
+        assert!(!insert_leaf_cell(&mut p, 5, &big), "no room: the caller splits");
     }
 
     #[test]

@@ -174,6 +174,23 @@ impl Inner {
         let cell = LeafCell { key: key.to_vec(), expires, val };
         let mut path = self.descend(key, Mode::Insert(cell.size()))?;
         let mut leaf = path.nodes.pop().expect("a path ends at a leaf");
+        // Fast paths: a new key with room for it, or a same-size overwrite.
+        match page::search(&leaf, key) {
+            Err(i) if page::free_space(&leaf) >= cell.size() => {
+                self.touch(w, &mut leaf);
+                page::insert_leaf_cell(&mut leaf, i, &cell);
+                w.meta.keys += 1;
+                w.meta.used_bytes += cell.size() as u64;
+                return Ok(());
+            }
+            Ok(i) => {
+                self.touch(w, &mut leaf);
+                if page::overwrite_leaf_cell(&mut leaf, i, &cell) {
+                    return Ok(());
+                }
+            }
+            Err(_) => {}
+        }
         let mut node = Node::decode(&leaf);
         let Node::Leaf { cells, .. } = &mut node else { unreachable!("descend stops at leaves") };
         match cells.binary_search_by(|c| c.key.as_slice().cmp(key)) {
