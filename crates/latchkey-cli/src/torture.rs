@@ -41,6 +41,9 @@ fn torture_options(engine: Engine) -> Options {
         base_level_bytes: 256 << 10,
         l0_compaction_trigger: 2,
         background_interval: Duration::from_millis(20),
+        // btree: small pages and pool, so splits, merges and evictions run.
+        page_size: 1024,
+        page_cache_size: 256 << 10,
         ..Options::new(engine)
     }
 }
