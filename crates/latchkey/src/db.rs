@@ -129,6 +129,22 @@ pub(crate) trait Store: Send + Sync {
     /// Appends `batch`; if `durable`, returns once the sync policy is met.
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()>;
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter>;
+    /// Calls `f` with each live entry in `range`, in order, until it
+    /// returns false. Engines that can lend their bytes override it.
+    fn for_each(
+        &self,
+        range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        now_ms: u64,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        for item in self.scan(range, now_ms)? {
+            let (k, v) = item?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
     fn sync(&self) -> Result<()>;
     fn compact(&self) -> Result<()>;
     fn stats(&self) -> Stats;
@@ -353,6 +369,36 @@ impl Db {
         let range = (to_owned_bound(range.start_bound()), to_owned_bound(range.end_bound()));
         let it = self.store.scan(range, now_ms())?;
         Ok(Iter::new(Box::new(it.filter(|r| r.as_ref().map_or(true, |(k, _)| !is_reserved(k))))))
+    }
+
+    /// Calls `f` with each live key in `range` and its value, in order,
+    /// until `f` returns false. Like [`Db::scan`] forwards, but the key and
+    /// value are lent rather than handed over, so no allocation is made per
+    /// entry where the engine can avoid it (the `btree` engine copies a
+    /// leaf at a time into one reused buffer, and holds no latch while `f`
+    /// runs). Reserved keys are skipped.
+    ///
+    /// ```
+    /// # fn main() -> latchkey::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let db = latchkey::Db::open(dir.path(), latchkey::Options::default())?;
+    /// db.put(b"a", b"1")?;
+    /// db.put(b"b", b"22")?;
+    /// let mut bytes = 0;
+    /// db.for_each::<&[u8], _>(.., |_key, value| {
+    ///     bytes += value.len();
+    ///     true // go on
+    /// })?;
+    /// assert_eq!(bytes, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn for_each<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let range = (to_owned_bound(range.start_bound()), to_owned_bound(range.end_bound()));
+        self.store.for_each(range, now_ms(), &mut |k, v| is_reserved(k) || f(k, v))
     }
 
     /// Like [`Db::scan`] over latchkey's reserved keyspace (lock state).

@@ -124,9 +124,20 @@ fn run(engine: Engine, ops: Vec<Op>) {
                 let it = db.scan(range.clone()).unwrap();
                 let got: Vec<_> =
                     if rev { it.rev().map(|r| r.unwrap()).collect() } else { it.map(|r| r.unwrap()).collect() };
-                let mut want: Vec<_> = model.range(range).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut want: Vec<_> = model.range(range.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
                 if rev {
                     want.reverse();
+                } else {
+                    // The lending scan, stopped after `b % 7` entries (0: never).
+                    let stop = (b % 7) as usize;
+                    let mut lent = Vec::new();
+                    db.for_each(range.clone(), |k, v| {
+                        lent.push((k.to_vec(), v.to_vec()));
+                        lent.len() != stop
+                    })
+                    .unwrap();
+                    let expect = if stop == 0 { &want[..] } else { &want[..stop.min(want.len())] };
+                    assert!(lent == expect, "for_each {a}..{b}: got {} entries, want {}", lent.len(), expect.len());
                 }
                 assert!(got == want, "scan {a}..{b} rev={rev}: got {} entries, want {}", got.len(), want.len());
             }

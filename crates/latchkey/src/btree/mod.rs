@@ -218,6 +218,16 @@ impl Store for BtreeStore {
         Ok(Iter::new(Box::new(scan::ScanIter::new(Arc::clone(&self.inner), range, now_ms))))
     }
 
+    fn for_each(
+        &self,
+        range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        now_ms: u64,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        self.inner.durability.check_open()?;
+        self.inner.for_each(range, now_ms, f)
+    }
+
     fn sync(&self) -> Result<()> {
         self.inner.durability.check_open()?;
         self.inner.sync_all()
@@ -377,8 +387,12 @@ impl Inner {
         ids.sort_unstable();
         let mut buf = Vec::with_capacity(ps as usize);
         for id in &ids {
+            // Cells back in key order (in-place inserts scatter them), so
+            // scans read each leaf front to back.
+            let latch = &w.dirty[id];
+            page::repack(&mut latch.write());
             buf.clear();
-            buf.extend_from_slice(&w.dirty[id].read());
+            buf.extend_from_slice(&latch.read());
             page::seal(&mut buf);
             self.pager.file.write_all_at(&buf, *id as u64 * ps)?;
         }

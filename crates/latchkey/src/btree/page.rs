@@ -227,6 +227,21 @@ pub(crate) fn leaf_value(p: &[u8], i: usize) -> (u64, Val) {
     (expires, val)
 }
 
+/// Leaf cell `i` as it lies in the page: (expires_at, the inline value or
+/// the overflow chain's first page and length).
+pub(crate) fn leaf_value_ref(p: &[u8], i: usize) -> (u64, Result<&[u8], (u32, u32)>) {
+    let off = slot(p, i);
+    let klen = u16_at(p, off);
+    let expires = u64_at(p, off + 3);
+    let vlen = u32_at(p, off + 11);
+    let at = off + LEAF_CELL_HEADER + klen;
+    if p[off + 2] & FLAG_OVERFLOW != 0 {
+        (expires, Err((u32_at(p, at), vlen)))
+    } else {
+        (expires, Ok(&p[at..at + vlen as usize]))
+    }
+}
+
 /// A leaf cell decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeafCell {
@@ -284,6 +299,34 @@ pub(crate) fn insert_leaf_cell(p: &mut [u8], i: usize, cell: &LeafCell) -> bool 
     p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
     p[6..8].copy_from_slice(&((n + 1) as u16).to_le_bytes());
     p[28..30].copy_from_slice(&(at as u16).to_le_bytes());
+    true
+}
+
+/// Lays the cells of a tree node out again in key order at rising
+/// addresses (in-place inserts put new cells wherever there was room).
+/// Returns false if they already were.
+pub(crate) fn repack(p: &mut [u8]) -> bool {
+    let leaf = match page_type(p) {
+        Some(PageType::Leaf) => true,
+        Some(PageType::Internal) => false,
+        _ => return false,
+    };
+    let n = nslots(p);
+    let len_of = |p: &[u8], off| if leaf { leaf_cell_len(p, off) } else { internal_cell_len(p, off) }.unwrap_or(0);
+    let sorted = (1..n).all(|i| slot(p, i - 1) + len_of(p, slot(p, i - 1)) == slot(p, i));
+    if sorted && (n == 0 || slot(p, n - 1) + len_of(p, slot(p, n - 1)) == p.len()) {
+        return false;
+    }
+    let old = p.to_vec();
+    let start = u16_at(p, 28);
+    let mut at = start;
+    for i in 0..n {
+        let off = slot(&old, i);
+        let len = len_of(&old, off);
+        p[at..at + len].copy_from_slice(&old[off..off + len]);
+        p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        at += len;
+    }
     true
 }
 
@@ -352,32 +395,36 @@ impl Node {
     /// checked that it fits.
     pub fn encode(&self, p: &mut [u8]) {
         let id = page_id(p);
-        let mut end = p.len();
+        // Cells in key order at rising addresses, ending at the page's end,
+        // so a scan reads a leaf front to back.
+        let start = p.len() + HEADER + 2 * self.len() - self.size();
+        let mut end = start;
         match self {
             Node::Leaf { prev, next, cells } => {
                 set_header(p, PageType::Leaf, cells.len(), id, *next, *prev);
                 for (i, c) in cells.iter().enumerate() {
                     let len = c.size() - 2;
-                    end -= len;
                     c.write(&mut p[end..end + len]);
                     p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(end as u16).to_le_bytes());
+                    end += len;
                 }
             }
             Node::Internal { first, cells } => {
                 set_header(p, PageType::Internal, cells.len(), id, 0, *first);
                 for (i, (key, child)) in cells.iter().enumerate() {
                     let len = INTERNAL_CELL_HEADER + key.len();
-                    end -= len;
                     p[end..end + 2].copy_from_slice(&(key.len() as u16).to_le_bytes());
                     p[end + 2..end + 6].copy_from_slice(&child.to_le_bytes());
                     p[end + 6..end + len].copy_from_slice(key);
                     p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(end as u16).to_le_bytes());
+                    end += len;
                 }
             }
         }
-        p[28..30].copy_from_slice(&(end as u16).to_le_bytes());
+        debug_assert_eq!(end, p.len());
+        p[28..30].copy_from_slice(&(start as u16).to_le_bytes());
         let slots_end = HEADER + 2 * self.len();
-        p[slots_end..end].fill(0);
+        p[slots_end..start].fill(0);
     }
 }
 
@@ -594,6 +641,9 @@ mod tests {
             assert_eq!(Node::decode(&p), Node::Leaf { prev: 0, next: 0, cells: model.clone() });
             assert_eq!(used(&p), Node::Leaf { prev: 0, next: 0, cells: model.clone() }.size());
         }
+        assert!(repack(&mut p), "in-place inserts leave cells out of order");
+        assert!(!repack(&mut p));
+        assert_eq!(Node::decode(&p), Node::Leaf { prev: 0, next: 0, cells: model.clone() });
         assert!(overwrite_leaf_cell(&mut p, 1, &cell(b"b", b"9")));
         assert!(!overwrite_leaf_cell(&mut p, 1, &cell(b"b", b"99")), "a longer value needs a rewrite");
         model[1] = cell(b"b", b"9");

@@ -87,7 +87,7 @@ impl Inner {
         hi: &Bound<Vec<u8>>,
         now: u64,
         resume: Option<(u32, u32)>,
-        out: &mut VecDeque<KeyValue>,
+        emit: &mut dyn FnMut(&[u8], &[u8]),
     ) -> Result<Option<(u32, u32)>> {
         let _gate = self.gate.read();
         let direct = match resume {
@@ -114,9 +114,12 @@ impl Inner {
                 if !below_hi(key, hi) {
                     return Ok(None);
                 }
-                let (expires, val) = page::leaf_value(&g, i);
+                let (expires, val) = page::leaf_value_ref(&g, i);
                 if expires == 0 || expires > now {
-                    out.push_back((key.to_vec(), self.value(val)?));
+                    match val {
+                        Ok(v) => emit(key, v),
+                        Err((head, len)) => emit(key, &self.value(page::Val::Overflow { head, len })?),
+                    }
                     got += 1;
                 }
             }
@@ -128,6 +131,43 @@ impl Inner {
                 return Ok(Some((page::page_id(&g), next)));
             }
             g = self.pager.read(next)?;
+        }
+    }
+
+    /// Calls `f` with each live entry in `range`, in order, until it
+    /// returns false. Entries are copied a chunk at a time into one buffer
+    /// that is reused, and no latch is held while `f` runs.
+    pub(super) fn for_each(
+        &self,
+        range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        now: u64,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let (mut lo, hi) = range;
+        let mut arena: Vec<u8> = Vec::new();
+        let mut ents: Vec<(usize, usize, usize)> = Vec::new();
+        let mut resume = None;
+        loop {
+            arena.clear();
+            ents.clear();
+            let at = self.chunk_forward(&lo, &hi, now, resume, &mut |k, v| {
+                ents.push((arena.len(), k.len(), v.len()));
+                arena.extend_from_slice(k);
+                arena.extend_from_slice(v);
+            })?;
+            for &(at, klen, vlen) in &ents {
+                if !f(&arena[at..at + klen], &arena[at + klen..at + klen + vlen]) {
+                    return Ok(());
+                }
+            }
+            match (at, ents.last()) {
+                (Some(r), Some(&(at, klen, _))) => {
+                    resume = Some(r);
+                    set_excluded(&mut lo, &arena[at..at + klen]);
+                }
+                (Some(r), None) => resume = Some(r),
+                (None, _) => return Ok(()),
+            }
         }
     }
 
@@ -291,7 +331,9 @@ impl Iterator for ScanIter {
                 return Some(Ok((k, v)));
             }
             let resume = self.front_at?;
-            match self.inner.chunk_forward(&self.lo, &self.hi, self.now, resume, &mut self.front) {
+            let front = &mut self.front;
+            let mut emit = |k: &[u8], v: &[u8]| front.push_back((k.to_vec(), v.to_vec()));
+            match self.inner.chunk_forward(&self.lo, &self.hi, self.now, resume, &mut emit) {
                 Ok(at) => self.front_at = at.map(Some),
                 Err(e) => {
                     self.failed = true;
