@@ -750,17 +750,24 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
             restored += 1;
         }
     }
-    file.write_all_at(&meta.page(), 0)?;
+    let meta_page = meta.page();
+    let mut on_disk = vec![0u8; meta_page.len()];
+    let meta_intact = file.read_exact_at(&mut on_disk, 0).is_ok() && on_disk == meta_page;
     let want = meta.page_count as u64 * ps;
-    if file.len()? < want {
+    let len = file.len()?;
+    if len < want {
         return Err(Error::corruption(
             file.path(),
-            file.len()?,
+            len,
             format!("the page file ends before the {} pages of the last checkpoint", meta.page_count),
         ));
     }
-    file.set_len(want)?;
-    file.sync_data()?;
+    // After a clean close there is nothing to write back: no fsync at open.
+    if restored > 0 || !meta_intact || len != want {
+        file.write_all_at(&meta_page, 0)?;
+        file.set_len(want)?;
+        file.sync_data()?;
+    }
     if restored > 0 {
         tracing::info!(pages = restored, "restored pages from their before-images in the log");
     }

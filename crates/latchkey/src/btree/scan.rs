@@ -97,6 +97,8 @@ impl Inner {
             }
             None => None,
         };
+        // A leaf reached by a right-sibling link holds only keys after `lo`.
+        let mut after_lo = direct.is_some();
         let mut g = match (direct, lo) {
             (Some(g), _) => g,
             (None, Bound::Included(k) | Bound::Excluded(k)) => self.leaf_for(Target::Key(k))?,
@@ -105,10 +107,12 @@ impl Inner {
         let mut got = 0;
         loop {
             let start = match lo {
+                _ if after_lo => 0,
                 Bound::Included(k) => page::search(&g, k).unwrap_or_else(|i| i),
                 Bound::Excluded(k) => page::search(&g, k).map_or_else(|i| i, |i| i + 1),
                 Bound::Unbounded => 0,
             };
+            after_lo = true;
             for i in start..page::nslots(&g) {
                 let key = page::key_at(&g, i);
                 if !below_hi(key, hi) {
