@@ -117,6 +117,9 @@ pub(crate) struct Inner {
     writer: Mutex<Writer>,
     durability: Durability,
     counters: Counters,
+    /// Splits, merges and redistributions so far: a scan resuming by a
+    /// sibling link trusts the link only if this has not moved.
+    smo: AtomicU64,
     /// Mirrors for stats without the writer lock.
     height: AtomicU64,
     log_bytes: AtomicU64,
@@ -161,6 +164,7 @@ impl BtreeStore {
             }),
             durability: Durability::default(),
             counters: Counters::default(),
+            smo: AtomicU64::new(0),
             height: AtomicU64::new(r.meta.height as u64),
             log_bytes: AtomicU64::new(0),
             work: (Mutex::new(false), Condvar::new()),

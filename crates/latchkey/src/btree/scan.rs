@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Bound;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::page::{self, PageType};
@@ -22,6 +23,18 @@ use crate::error::Result;
 const CHUNK: usize = 16;
 
 type Key = Vec<u8>;
+
+/// Where a forward chunk stopped: the last leaf read, its right sibling
+/// then, and the writer's count of structure changes then. The next chunk
+/// starts at that sibling only if no split, merge or redistribution has
+/// happened since (else a key after the scan's position might have moved
+/// into the leaf already read); otherwise it descends from the root.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Resume {
+    leaf: u32,
+    next: u32,
+    smo: u64,
+}
 
 fn above_lo(k: &[u8], lo: &Bound<Vec<u8>>) -> bool {
     match lo {
@@ -86,14 +99,15 @@ impl Inner {
         lo: &Bound<Vec<u8>>,
         hi: &Bound<Vec<u8>>,
         now: u64,
-        resume: Option<(u32, u32)>,
+        resume: Option<Resume>,
         emit: &mut dyn FnMut(&[u8], &[u8]),
-    ) -> Result<Option<(u32, u32)>> {
+    ) -> Result<Option<Resume>> {
         let _gate = self.gate.read();
         let direct = match resume {
-            Some((last, next)) => {
+            Some(Resume { leaf, next, smo }) => {
                 let g = self.pager.read(next)?;
-                (page::page_type(&g) == Some(PageType::Leaf) && page::aux(&g) == last).then_some(g)
+                let unchanged = self.smo.load(Ordering::Acquire) == smo;
+                (unchanged && page::page_type(&g) == Some(PageType::Leaf) && page::aux(&g) == leaf).then_some(g)
             }
             None => None,
         };
@@ -132,7 +146,8 @@ impl Inner {
                 return Ok(None);
             }
             if got >= CHUNK {
-                return Ok(Some((page::page_id(&g), next)));
+                let smo = self.smo.load(Ordering::Acquire);
+                return Ok(Some(Resume { leaf: page::page_id(&g), next, smo }));
             }
             g = self.pager.read(next)?;
         }
@@ -188,6 +203,7 @@ impl Inner {
         let mut g = descend()?;
         let mut out = Vec::new();
         let mut retries = 0;
+        let mut smo = self.smo.load(Ordering::Acquire);
         loop {
             let end = match hi {
                 Bound::Included(k) => page::search(&g, k).map_or_else(|i| i, |i| i + 1),
@@ -211,10 +227,12 @@ impl Inner {
             let id = page::page_id(&g);
             drop(g);
             let p = self.pager.read(prev)?;
-            if page::page_type(&p) == Some(PageType::Leaf) && page::next(&p) == id {
+            let now_smo = self.smo.load(Ordering::Acquire);
+            if now_smo == smo && page::page_type(&p) == Some(PageType::Leaf) && page::next(&p) == id {
                 g = p;
                 continue;
             }
+            smo = now_smo;
             drop(p);
             retries += 1;
             if retries > 1000 {
@@ -287,7 +305,7 @@ pub(super) struct ScanIter {
     front: VecDeque<KeyValue>,
     back: VecDeque<KeyValue>,
     /// Where the last forward chunk stopped; `None` once the range is done.
-    front_at: Option<Option<(u32, u32)>>,
+    front_at: Option<Option<Resume>>,
     back_more: bool,
     failed: bool,
 }

@@ -10,6 +10,7 @@
 //! (the writer lets go of a node before latching its left sibling), so no
 //! two threads can wait on each other in a cycle.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::lock_api::ArcRwLockWriteGuard;
@@ -64,8 +65,15 @@ impl Inner {
         w.meta.used_bytes = w.meta.used_bytes + node.size() as u64 - old;
     }
 
+    /// Counts a change of the tree's shape (done while the latches of the
+    /// pages it changes are held, before any is let go).
+    fn structure_changed(&self) {
+        self.smo.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A page for new data: from the free list, or a new one at the end.
     fn alloc(&self, w: &mut Writer) -> Result<WriteGuard> {
+        self.structure_changed();
         let id = w.meta.free_head;
         if id != 0 {
             let mut g = self.pager.write(id)?;
@@ -89,6 +97,7 @@ impl Inner {
 
     /// Puts page `g` on the free list.
     fn free(&self, w: &mut Writer, mut g: WriteGuard) {
+        self.structure_changed();
         self.touch(w, &mut g);
         if matches!(page::page_type(&g), Some(PageType::Leaf | PageType::Internal)) {
             w.meta.used_bytes -= page::used(&g) as u64;
@@ -354,6 +363,7 @@ impl Inner {
                         let sep = separator(&lc[lc.len() - 1].key, &rc[0].key);
                         let grown = parent_size + page::internal_size(&sep) - page::internal_size(&pcells[sep_index].0);
                         if grown <= self.limits.page_size {
+                            self.structure_changed();
                             pcells[sep_index].0 = sep;
                             let rid = page::page_id(&right);
                             self.write_node(w, &mut left, &Node::Leaf { prev, next: rid, cells: lc });
