@@ -181,6 +181,27 @@ fn push_line(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/resp.rs`, and the corpus
+/// replay test): parse `data` as a pipeline, with the server's limits and
+/// with tiny ones; every parse must consume bytes within the buffer.
+#[doc(hidden)]
+pub fn fuzz(data: &[u8]) {
+    let tiny = Limits { max_bulk: 64, max_args: 8, max_inline: 64 };
+    for limits in [Limits::default(), tiny] {
+        let mut at = 0;
+        while at < data.len() {
+            match parse(&data[at..], &limits) {
+                Ok((_, used)) => {
+                    assert!(used > 0 && at + used <= data.len(), "a parse must consume bytes within the buffer");
+                    at += used;
+                }
+                Err(ParseError::Incomplete) => break,
+                Err(ParseError::Protocol(_)) => at += 1,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ mod db;
 mod durability;
 mod error;
 pub mod fs;
+pub mod fuzzing;
 mod hash;
 pub mod locks;
 pub mod log;

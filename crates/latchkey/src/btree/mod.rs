@@ -806,3 +806,57 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
     }
     Ok(Recovered { meta: Meta { wal: wal_id, ..meta }, wal, wal_id, imaged, restored, batches })
 }
+
+/// Fuzzing hook (see `crate::fuzzing`): arbitrary bytes as pages.
+pub(crate) fn exercise_page_for_fuzzing(data: &[u8]) {
+    use page::{LeafCell, Node};
+    for ps in [page::MIN_PAGE_SIZE, 4096] {
+        if data.len() < ps {
+            continue;
+        }
+        let mut p = data[..ps].to_vec();
+        let id = page::page_id(&p);
+        page::seal(&mut p);
+        match page::verify(&p, id) {
+            Ok(PageType::Leaf | PageType::Internal) => {
+                let node = Node::decode(&p);
+                assert_eq!(node.size(), page::used(&p), "a verified node's size is what its page says");
+                for key in [&b""[..], b"k", b"\xff\xff"] {
+                    let _ = page::search(&p, key);
+                    if page::page_type(&p) == Some(PageType::Internal) {
+                        let _ = page::child_for(&p, key);
+                    }
+                }
+                for i in 0..page::nslots(&p) {
+                    if page::page_type(&p) == Some(PageType::Leaf) {
+                        let _ = page::leaf_value_ref(&p, i);
+                    }
+                }
+                let mut q = p.clone();
+                page::repack(&mut q);
+                assert_eq!(Node::decode(&q), node, "repacking keeps every cell");
+                if page::page_type(&p) == Some(PageType::Leaf) {
+                    let cell = LeafCell { key: b"fuzz".to_vec(), expires: 0, val: Val::Inline(b"v".to_vec()) };
+                    let i = page::search(&q, &cell.key).unwrap_or_else(|i| i);
+                    page::insert_leaf_cell(&mut q, i, &cell);
+                    if let Ok(i) = page::search(&q, &cell.key) {
+                        page::overwrite_leaf_cell(&mut q, i, &cell);
+                    }
+                }
+                let mut r = vec![0u8; ps];
+                r[16..20].copy_from_slice(&id.to_le_bytes());
+                if node.size() <= ps {
+                    node.encode(&mut r);
+                    assert_eq!(Node::decode(&r), node, "a decoded node encodes back to itself");
+                }
+            }
+            Ok(PageType::Overflow) => {
+                let _ = page::overflow_data(&p);
+            }
+            Ok(PageType::Meta) => {
+                let _ = Meta::from_page(&p);
+            }
+            _ => {}
+        }
+    }
+}

@@ -126,12 +126,27 @@ pub(crate) fn verify(p: &[u8], id: u32) -> std::result::Result<PageType, String>
         if HEADER + 2 * n > start || start > p.len() {
             return Err(format!("page {id}: {n} slots and cells from {start} do not fit"));
         }
+        let mut cells = Vec::with_capacity(n);
         for i in 0..n {
             let off = u16_at(p, HEADER + 2 * i);
             let len = if ty == PageType::Leaf { leaf_cell_len(p, off) } else { internal_cell_len(p, off) };
-            if off < start || len.is_none_or(|l| off + l > p.len()) {
-                return Err(format!("page {id}: cell {i} at {off} runs outside the page"));
+            match len {
+                Some(l) if off >= start && off + l <= p.len() => cells.push((off, l)),
+                _ => return Err(format!("page {id}: cell {i} at {off} runs outside the page")),
             }
+        }
+        // The cells tile the space from `cells_start` to the end exactly:
+        // no overlap, no gap (pages are always written packed).
+        cells.sort_unstable();
+        let mut at = start;
+        for &(off, len) in &cells {
+            if off != at {
+                return Err(format!("page {id}: cells overlap or leave a gap at offset {at}"));
+            }
+            at += len;
+        }
+        if at != p.len() {
+            return Err(format!("page {id}: cells end at {at}, not at the end of the page"));
         }
     }
     Ok(ty)

@@ -395,3 +395,13 @@ fn range_contains(range: &(Bound<Vec<u8>>, Bound<Vec<u8>>), key: &[u8]) -> bool 
     };
     lo && hi
 }
+
+/// Fuzzing hook (see `crate::fuzzing`): a key table from raw bytes, looked into.
+pub(crate) fn exercise_key_table_for_fuzzing(path: &Path, data: Vec<u8>) {
+    let Ok(t) = table::KeyTable::from_bytes(path, data) else { return };
+    let keys: Vec<Vec<u8>> = t.iter().take(64).map(|(k, _)| k.to_vec()).collect();
+    for k in &keys {
+        let _ = t.get(k);
+    }
+    let _ = (t.len(), t.max_seq(), t.live_bytes(), t.segments().len());
+}

@@ -746,3 +746,27 @@ pub(crate) fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckRepo
     progress(total, total);
     Ok(report)
 }
+
+/// Fuzzing hooks (see `crate::fuzzing`).
+pub(crate) fn table_name_for_fuzzing(id: u64) -> String {
+    table::table_name(id)
+}
+
+pub(crate) fn exercise_table_for_fuzzing(dir: &Path, id: u64) {
+    let Ok(t) = Table::open(dir, id) else { return };
+    let cache = BlockCache::new(1 << 20);
+    let mut keys = vec![t.smallest.clone(), t.largest.clone(), Vec::new()];
+    for i in 0..t.blocks().min(64) {
+        if let Ok(b) = t.block(i, None) {
+            keys.extend(b.iter().take(8).map(|(k, _, _)| k.clone()));
+        }
+    }
+    for k in &keys {
+        let _ = t.may_contain(k);
+        let _ = t.get(k, &cache);
+    }
+}
+
+pub(crate) fn read_manifest_for_fuzzing(dir: &Path) -> Result<()> {
+    version::read_manifest(dir).map(|_| ())
+}
