@@ -29,6 +29,9 @@ struct Args {
     /// Where the stores are built (a fresh directory under it per engine).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Seconds the 4-thread mixed workload (90% reads, 10% writes) runs per engine.
+    #[arg(long, default_value_t = 20)]
+    mixed_secs: u64,
 }
 
 const VALUE_LEN: usize = 100;
@@ -37,6 +40,13 @@ fn key(i: u64) -> [u8; 16] {
     let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 31);
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&x.to_be_bytes());
+    k[8..].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Keys in ascending order, for fillseq.
+fn seq_key(i: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
     k[8..].copy_from_slice(&i.to_be_bytes());
     k
 }
@@ -61,13 +71,52 @@ fn dir_size(p: &Path) -> u64 {
 /// One engine's results: workload name -> (value, unit).
 type Results = Vec<(&'static str, f64, &'static str)>;
 
-fn run_engine(name: &str, base: &Path, n: u64) -> Result<Results, String> {
+/// The machine's rate of 4 KiB appends each followed by fdatasync: what
+/// any engine's one-thread durable writes are bounded by.
+fn fdatasync_rate(base: &Path) -> Result<f64, String> {
+    use std::io::Write;
+    std::fs::create_dir_all(base).map_err(|e| e.to_string())?;
+    let path = base.join("fdatasync-probe");
+    let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let buf = [7u8; 4096];
+    let t = Instant::now();
+    let mut n = 0u64;
+    while n < 500 && t.elapsed() < Duration::from_secs(3) {
+        f.write_all(&buf).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Ok(rate)
+}
+
+fn run_engine(name: &str, base: &Path, n: u64, mixed_secs: u64) -> Result<Results, String> {
     let path = base.join(name);
     let _ = std::fs::remove_dir_all(&path);
     std::fs::create_dir_all(&path).map_err(|e| e.to_string())?;
     let mut out = Results::new();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
     let per_sec = |count: u64, d: Duration| count as f64 / d.as_secs_f64();
+
+    // fillseq: N keys in ascending order, batches of 1,000, one sync at the
+    // end, into a store of its own.
+    {
+        let seq_path = base.join(format!("{name}-seq"));
+        let _ = std::fs::remove_dir_all(&seq_path);
+        std::fs::create_dir_all(&seq_path).map_err(|e| e.to_string())?;
+        let db = adapters::open(name, &seq_path)?;
+        let t = Instant::now();
+        for start in (0..n).step_by(1000) {
+            let batch: Vec<([u8; 16], [u8; VALUE_LEN])> =
+                (start..(start + 1000).min(n)).map(|i| (seq_key(i), value(&mut rng))).collect();
+            db.write_batch(&batch)?;
+        }
+        db.sync()?;
+        out.push(("fillseq", per_sec(n, t.elapsed()), "ops/s"));
+        drop(db);
+        let _ = std::fs::remove_dir_all(&seq_path);
+    }
 
     // fillrandom: N keys in random order, batches of 1,000, one sync at the end.
     let db = adapters::open(name, &path)?;
@@ -140,6 +189,64 @@ fn run_engine(name: &str, base: &Path, n: u64) -> Result<Results, String> {
     }
     out.push(("sync-writes", per_sec(syncs, t.elapsed()), "ops/s"));
 
+    // sync-writes-8t: the same from 8 threads at once (group commit).
+    let t = Instant::now();
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for th in 0..8u64 {
+            let (db, failed) = (&db, &failed);
+            s.spawn(move || {
+                let v = [th as u8; VALUE_LEN];
+                for i in 0..syncs / 8 {
+                    if let Err(e) = db.put_durable(&key(n * 3 + th * syncs + i), &v) {
+                        *failed.lock().unwrap() = Some(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    out.push(("sync-writes-8t", per_sec(syncs / 8 * 8, t.elapsed()), "ops/s"));
+
+    // mixed: 4 threads, 90% random gets and 10% single puts (no sync), for
+    // `mixed_secs` seconds.
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let stop_at = Instant::now() + Duration::from_secs(mixed_secs);
+    let t = Instant::now();
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for th in 0..4u64 {
+            let (db, done, failed) = (&db, &done, &failed);
+            s.spawn(move || {
+                let mut rng = rand::rngs::SmallRng::seed_from_u64(100 + th);
+                let mut ops = 0u64;
+                while Instant::now() < stop_at {
+                    for _ in 0..100 {
+                        let i = rng.gen_range(0..n);
+                        let r = if rng.gen_ratio(1, 10) {
+                            db.write_batch(&[(key(i), value(&mut rng))]).map(|_| ())
+                        } else {
+                            db.get(&key(i)).map(|_| ())
+                        };
+                        if let Err(e) = r {
+                            *failed.lock().unwrap() = Some(e);
+                            return;
+                        }
+                        ops += 1;
+                    }
+                }
+                done.fetch_add(ops, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    out.push(("mixed-4t", per_sec(done.into_inner(), t.elapsed()), "ops/s"));
+
     // space: overwrite every key once, let background work settle, measure.
     for chunk in order.chunks(1000) {
         let batch: Vec<([u8; 16], [u8; VALUE_LEN])> = chunk.iter().map(|&i| (key(i), value(&mut rng))).collect();
@@ -158,10 +265,11 @@ fn main() {
     let args = Args::parse();
     let base =
         args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-bench-{}", std::process::id())));
+    let fsync_rate = fdatasync_rate(&base);
     let mut all: Vec<(String, Results)> = Vec::new();
     for name in &args.engines {
         eprintln!("running {name} with {} keys...", args.n);
-        match run_engine(name, &base, args.n) {
+        match run_engine(name, &base, args.n, args.mixed_secs) {
             Ok(r) => all.push((name.clone(), r)),
             Err(e) => eprintln!("{name}: failed: {e}"),
         }
@@ -169,6 +277,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&base);
     let Some((_, first)) = all.first() else { return };
     println!("{} keys, 16-byte keys, 100-byte values; bulk writes synced once at the end", args.n);
+    match fsync_rate {
+        Ok(r) => println!("this machine: {r:.0} appends+fdatasync of 4 KiB per second (one thread)"),
+        Err(e) => println!("this machine: fdatasync probe failed: {e}"),
+    }
     print!("{:<18}", "workload");
     for (name, _) in &all {
         print!("{name:>15}");
@@ -191,7 +303,8 @@ fn main() {
             .filter(|(n, _)| n.starts_with("latchkey"))
             .map(|(n, r)| {
                 let ratio = if lower_is_better { best / r[w].1 } else { r[w].1 / best };
-                format!("{}={ratio:.2}x", n.trim_start_matches("latchkey-"))
+                let ratio = if peers.is_empty() { "-".to_string() } else { format!("{ratio:.2}x") };
+                format!("{}={ratio}", n.trim_start_matches("latchkey-"))
             })
             .collect();
         println!("  {} ({unit})", ratios.join(" "));
