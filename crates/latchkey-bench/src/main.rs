@@ -32,6 +32,28 @@ struct Args {
     /// Seconds the 4-thread mixed workload (90% reads, 10% writes) runs per engine.
     #[arg(long, default_value_t = 20)]
     mixed_secs: u64,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Latencies of single operations (recorded in nanoseconds, 3 significant
+/// figures; reported in microseconds).
+struct Latency(hdrhistogram::Histogram<u64>);
+
+impl Latency {
+    fn new() -> Self {
+        Latency(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"))
+    }
+
+    fn record(&mut self, d: Duration) {
+        self.0.saturating_record(d.as_nanos().max(1) as u64);
+    }
+
+    /// The `q` quantile in microseconds.
+    fn p(&self, q: f64) -> f64 {
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
 const VALUE_LEN: usize = 100;
@@ -140,14 +162,19 @@ fn run_engine(name: &str, base: &Path, n: u64, mixed_secs: u64) -> Result<Result
 
     // readrandom / readmissing: N random gets (capped at 1M) after the reopen.
     let reads = n.min(1_000_000);
+    let mut lat = Latency::new();
     let t = Instant::now();
     for _ in 0..reads {
         let i = rng.gen_range(0..n);
+        let op = Instant::now();
         if db.get(&key(i))?.is_none() {
             return Err(format!("{name}: key {i} missing"));
         }
+        lat.record(op.elapsed());
     }
     out.push(("readrandom", per_sec(reads, t.elapsed()), "ops/s"));
+    out.push(("readrandom p50", lat.p(0.5), "us"));
+    out.push(("readrandom p99", lat.p(0.99), "us"));
     let t = Instant::now();
     for j in 0..reads {
         if db.get(&key(n + j))?.is_some() {
@@ -183,11 +210,16 @@ fn run_engine(name: &str, base: &Path, n: u64, mixed_secs: u64) -> Result<Result
 
     // sync-writes: single puts, each durable before the next (1 thread).
     let syncs = 2000u64;
+    let mut lat = Latency::new();
     let t = Instant::now();
     for i in 0..syncs {
+        let op = Instant::now();
         db.put_durable(&key(n * 2 + i), &value(&mut rng))?;
+        lat.record(op.elapsed());
     }
     out.push(("sync-writes", per_sec(syncs, t.elapsed()), "ops/s"));
+    out.push(("sync-writes p50", lat.p(0.5), "us"));
+    out.push(("sync-writes p99", lat.p(0.99), "us"));
 
     // sync-writes-8t: the same from 8 threads at once (group commit).
     let t = Instant::now();
@@ -275,6 +307,26 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&base);
+    if let Some(path) = &args.json {
+        let engines: serde_json::Map<String, serde_json::Value> = all
+            .iter()
+            .map(|(name, r)| {
+                let rows = r.iter().map(|(w, v, unit)| (w.to_string(), serde_json::json!({"value": v, "unit": unit})));
+                (name.clone(), serde_json::Value::Object(rows.collect()))
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "keys": args.n,
+            "key_bytes": 16,
+            "value_bytes": VALUE_LEN,
+            "fdatasync_per_sec": fsync_rate.as_ref().ok(),
+            "engines": engines,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("results serialise");
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("could not write {}: {e}", path.display());
+        }
+    }
     let Some((_, first)) = all.first() else { return };
     println!("{} keys, 16-byte keys, 100-byte values; bulk writes synced once at the end", args.n);
     match fsync_rate {
@@ -289,9 +341,9 @@ fn main() {
     for (w, (workload, _, unit)) in first.iter().enumerate() {
         print!("{workload:<18}");
         for (_, r) in &all {
-            print!("{:>15.1}", r[w].1);
+            print!("{:>15.2}", r[w].1);
         }
-        let lower_is_better = matches!(*unit, "ms" | "x live");
+        let lower_is_better = matches!(*unit, "ms" | "us" | "x live");
         let peers: Vec<f64> = all.iter().filter(|(n, _)| !n.starts_with("latchkey")).map(|(_, r)| r[w].1).collect();
         let best = if lower_is_better {
             peers.iter().cloned().fold(f64::MAX, f64::min)
