@@ -452,15 +452,7 @@ impl Inner {
                     touched += 1;
                 }
                 Some(PageType::Leaf) => break,
-                _ => {
-                    let id = page::page_id(&g);
-                    return Err(page::damaged(
-                        self.pager.path(),
-                        id,
-                        self.limits.page_size,
-                        format!("page {id}: reached from a parent but not a tree node"),
-                    ));
-                }
+                _ => return Err(self.not_a_node(page::page_id(&g))),
             }
         }
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
@@ -471,6 +463,16 @@ impl Inner {
             return Ok(None);
         }
         Ok(Some((self.value(val)?, expires)))
+    }
+
+    /// Damage: page `id` was reached from a parent but is not a tree node.
+    fn not_a_node(&self, id: u32) -> Error {
+        page::damaged(
+            self.pager.path(),
+            id,
+            self.limits.page_size,
+            format!("page {id}: reached from a parent but not a tree node"),
+        )
     }
 
     /// A value as stored: inline, or read from its overflow chain. The

@@ -93,8 +93,13 @@ impl Pager {
         if let Some(slot) = shard.frames.get(&id) {
             return Arc::clone(&slot.latch);
         }
+        self.add_frame(&mut shard, id, buf)
+    }
+
+    /// Adds a frame to a shard, evicting one first if the shard is full.
+    fn add_frame(&self, shard: &mut Shard, id: u32, buf: Box<[u8]>) -> Latch {
         if shard.frames.len() >= self.per_shard {
-            evict(&mut shard);
+            evict(shard);
         }
         let latch = Arc::new(RwLock::new(buf));
         shard.frames.insert(id, Slot { latch: Arc::clone(&latch), referenced: AtomicBool::new(false) });
@@ -116,13 +121,7 @@ impl Pager {
         buf[16..20].copy_from_slice(&id.to_le_bytes());
         let mut shard = self.shard(id).lock();
         shard.frames.remove(&id);
-        if shard.frames.len() >= self.per_shard {
-            evict(&mut shard);
-        }
-        let latch = Arc::new(RwLock::new(buf));
-        shard.frames.insert(id, Slot { latch: Arc::clone(&latch), referenced: AtomicBool::new(false) });
-        shard.clock.push_back(id);
-        latch
+        self.add_frame(&mut shard, id, buf)
     }
 
     /// Pages the pool holds before it evicts.

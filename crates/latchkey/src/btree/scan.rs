@@ -75,15 +75,7 @@ impl Inner {
                     };
                     g = self.pager.read(child)?;
                 }
-                _ => {
-                    let id = page::page_id(&g);
-                    return Err(page::damaged(
-                        self.pager.path(),
-                        id,
-                        self.limits.page_size,
-                        format!("page {id}: reached from a parent but not a tree node"),
-                    ));
-                }
+                _ => return Err(self.not_a_node(page::page_id(&g))),
             }
         }
     }
