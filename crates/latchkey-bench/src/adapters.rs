@@ -1,4 +1,6 @@
-//! One adapter per engine behind a small trait.
+//! One adapter per engine behind a small trait. The peers (redb, fjall,
+//! sled, RocksDB) exist only with the `peers` (default) and `rocksdb`
+//! features; `latchkey bench` builds this crate without them.
 
 use std::path::Path;
 
@@ -20,13 +22,17 @@ fn e(x: impl std::fmt::Display) -> String {
 
 pub enum Any {
     Latchkey(latchkey::Db),
+    #[cfg(feature = "peers")]
     Redb(redb::Database),
+    #[cfg(feature = "peers")]
     Fjall(fjall::Keyspace, fjall::PartitionHandle),
+    #[cfg(feature = "peers")]
     Sled(sled::Db),
     #[cfg(feature = "rocksdb")]
     Rocks(rocksdb::DB),
 }
 
+#[cfg(feature = "peers")]
 const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
 
 pub fn open(name: &str, path: &Path) -> Result<Any, String> {
@@ -47,12 +53,16 @@ pub fn open(name: &str, path: &Path) -> Result<Any, String> {
                 .map_err(e)?,
             )
         }
+        #[cfg(feature = "peers")]
         "redb" => Any::Redb(redb::Database::create(path.join("redb")).map_err(e)?),
+        #[cfg(feature = "peers")]
         "fjall" => {
             let ks = fjall::Config::new(path).open().map_err(e)?;
             let p = ks.open_partition("t", fjall::PartitionCreateOptions::default()).map_err(e)?;
+            #[cfg(feature = "peers")]
             Any::Fjall(ks, p)
         }
+        #[cfg(feature = "peers")]
         "sled" => Any::Sled(sled::open(path).map_err(e)?),
         #[cfg(feature = "rocksdb")]
         "rocksdb" => {
@@ -60,7 +70,7 @@ pub fn open(name: &str, path: &Path) -> Result<Any, String> {
             o.create_if_missing(true);
             Any::Rocks(rocksdb::DB::open(&o, path).map_err(e)?)
         }
-        other => return Err(format!("unknown engine {other}")),
+        other => return Err(format!("unknown engine {other} (or not built in: see --help)")),
     })
 }
 
@@ -74,6 +84,7 @@ impl Store for Any {
                 }
                 db.write(b).map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let mut tx = db.begin_write().map_err(e)?;
                 tx.set_durability(redb::Durability::None);
@@ -85,6 +96,7 @@ impl Store for Any {
                 }
                 tx.commit().map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Fjall(ks, p) => {
                 let mut b = ks.batch();
                 for (k, v) in items {
@@ -92,6 +104,7 @@ impl Store for Any {
                 }
                 b.commit().map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Sled(db) => {
                 let mut b = sled::Batch::default();
                 for (k, v) in items {
@@ -115,6 +128,7 @@ impl Store for Any {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match self {
             Any::Latchkey(db) => db.get(key).map_err(e),
+            #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let tx = db.begin_read().map_err(e)?;
                 let t = match tx.open_table(TABLE) {
@@ -124,7 +138,9 @@ impl Store for Any {
                 };
                 Ok(t.get(key).map_err(e)?.map(|v| v.value().to_vec()))
             }
+            #[cfg(feature = "peers")]
             Any::Fjall(_, p) => Ok(p.get(key).map_err(e)?.map(|v| v.to_vec())),
+            #[cfg(feature = "peers")]
             Any::Sled(db) => Ok(db.get(key).map_err(e)?.map(|v| v.to_vec())),
             #[cfg(feature = "rocksdb")]
             Any::Rocks(db) => db.get(key).map_err(e),
@@ -146,6 +162,7 @@ impl Store for Any {
                 .map_err(e)?;
                 Ok(c)
             }
+            #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let tx = db.begin_read().map_err(e)?;
                 let t = tx.open_table(TABLE).map_err(e)?;
@@ -157,6 +174,7 @@ impl Store for Any {
                 }
                 Ok(c)
             }
+            #[cfg(feature = "peers")]
             Any::Fjall(_, p) => {
                 let mut c = 0;
                 for item in p.range(start..).take(n) {
@@ -165,6 +183,7 @@ impl Store for Any {
                 }
                 Ok(c)
             }
+            #[cfg(feature = "peers")]
             Any::Sled(db) => {
                 let mut c = 0;
                 for item in db.range(start..).take(n) {
@@ -191,15 +210,18 @@ impl Store for Any {
                 db.put(key, value).map_err(e)?;
                 db.sync().map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let tx = db.begin_write().map_err(e)?;
                 tx.open_table(TABLE).map_err(e)?.insert(key, value).map_err(e)?;
                 tx.commit().map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Fjall(ks, p) => {
                 p.insert(key, value).map_err(e)?;
                 ks.persist(fjall::PersistMode::SyncData).map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Sled(db) => {
                 db.insert(key, value).map_err(e)?;
                 db.flush().map(|_| ()).map_err(e)
@@ -216,11 +238,14 @@ impl Store for Any {
     fn sync(&self) -> Result<(), String> {
         match self {
             Any::Latchkey(db) => db.sync().map_err(e),
+            #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let tx = db.begin_write().map_err(e)?;
                 tx.commit().map_err(e)
             }
+            #[cfg(feature = "peers")]
             Any::Fjall(ks, _) => ks.persist(fjall::PersistMode::SyncAll).map_err(e),
+            #[cfg(feature = "peers")]
             Any::Sled(db) => db.flush().map(|_| ()).map_err(e),
             #[cfg(feature = "rocksdb")]
             Any::Rocks(db) => db.flush().map_err(e),
@@ -230,6 +255,7 @@ impl Store for Any {
     fn settle(&self) -> Result<(), String> {
         match self {
             Any::Latchkey(db) => db.compact().map_err(e),
+            #[allow(unreachable_patterns)]
             _ => {
                 std::thread::sleep(std::time::Duration::from_secs(2));
                 Ok(())

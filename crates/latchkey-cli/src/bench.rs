@@ -10,6 +10,20 @@ use rand::{Rng, SeedableRng};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Run the benchmark harness's workloads over latchkey's own engines.
+    ///
+    /// The workloads of `latchkey-bench` (fillseq, fillrandom, reopen,
+    /// readrandom, readmissing, scan, overwrite-counter, sync-writes,
+    /// sync-writes-8t, mixed-4t, space; 16-byte keys, 100-byte values),
+    /// each in a process of its own, against hash, lsm and btree, so you can
+    /// choose an engine on your own hardware. Prints throughput, p50/p99
+    /// latencies, CPU seconds and peak RSS per workload; --json and --charts
+    /// write them out too. docs/BENCHMARKS.md describes each workload.
+    Workloads(latchkey_bench::workloads::RunArgs),
+    /// One workload against one engine in this process (what `workloads`
+    /// starts for each run).
+    #[command(hide = true)]
+    Worker(latchkey_bench::workloads::WorkerArgs),
     /// Time reopening a hash store with its hint files, and without them.
     ///
     /// Fills a fresh store with --keys keys (16-byte keys, 100-byte values,
@@ -93,7 +107,24 @@ fn count_bar(len: u64, msg: &'static str) -> ProgressBar {
 }
 
 pub fn run(cmd: &BenchCommand) -> latchkey::Result<()> {
+    use latchkey_bench::workloads;
     match cmd {
+        BenchCommand::Workloads(args) => {
+            if let Some(e) = args.engines.iter().flatten().find(|e| !workloads::LATCHKEY_ENGINES.contains(&e.as_str()))
+            {
+                return Err(latchkey::Error::InvalidArgument(format!(
+                    "{e} is not one of latchkey's engines ({}); latchkey-bench compares with other stores",
+                    workloads::LATCHKEY_ENGINES.join(", ")
+                )));
+            }
+            workloads::run(args, &["bench", "worker"], workloads::LATCHKEY_ENGINES)
+                .map(|_| ())
+                .map_err(latchkey::Error::InvalidArgument)
+        }
+        BenchCommand::Worker(args) => match workloads::worker_main(args) {
+            0 => Ok(()),
+            code => std::process::exit(code),
+        },
         BenchCommand::HintReopen { keys, path, keep } => hint_reopen(*keys, path.clone(), *keep),
         BenchCommand::Load { engine, keys, path, cache_mb } => load(*engine, *keys, path.clone(), *cache_mb),
         BenchCommand::BtreeSpace { keys, path } => btree_space(*keys, path.clone()),
