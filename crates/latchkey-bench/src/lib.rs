@@ -7,4 +7,6 @@
 
 pub mod adapters;
 pub mod chart;
+pub mod procs;
+pub mod server;
 pub mod workloads;

@@ -32,23 +32,39 @@ enum Cmd {
     /// harness starts for each run).
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// `latchkey serve` (each engine, --sync 1000) beside redis-server
+    /// (appendonly yes, appendfsync everysec) under redis-benchmark.
+    ///
+    /// Starts each server on a free loopback port in a temporary directory,
+    /// runs `redis-benchmark -t set,get,incr -n N -r 100000 -d 100 -c 50`
+    /// with `-P 1` and `-P 16` against it, and prints requests per second
+    /// side by side with latchkey's ratio to Redis, p50 latencies and each
+    /// server's CPU seconds and peak RSS. Needs redis-server and
+    /// redis-benchmark (Debian: redis-server, redis-tools) and the latchkey
+    /// binary (`cargo build --release -p latchkey-cli`).
+    Server(latchkey_bench::server::ServerArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Some(Cmd::Worker(w)) => workloads::worker_main(&w),
+        Some(Cmd::Server(s)) => exit_code(latchkey_bench::server::run(&s)),
         None => {
             let peers = ["redb", "fjall", "sled"];
             let defaults: Vec<&str> = workloads::LATCHKEY_ENGINES.iter().copied().chain(peers).collect();
-            match workloads::run(&cli.run, &["worker"], &defaults) {
-                Ok(_) => 0,
-                Err(e) => {
-                    eprintln!("latchkey-bench: {e}");
-                    1
-                }
-            }
+            exit_code(workloads::run(&cli.run, &["worker"], &defaults).map(|_| ()))
         }
     };
     std::process::exit(code);
+}
+
+fn exit_code(r: Result<(), String>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("latchkey-bench: {e}");
+            1
+        }
+    }
 }

@@ -1,0 +1,203 @@
+//! `latchkey-bench server`: `latchkey serve` (each engine,
+//! `Sync::Interval(1000)`) beside `redis-server` (`appendonly yes`,
+//! `appendfsync everysec`) on loopback, both driven by
+//! `redis-benchmark -t set,get,incr -n N -r 100000 -d 100 -c 50` with
+//! `-P 1` and `-P 16`; requests per second side by side with ratios.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::procs::{self, Server};
+
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Requests per test (redis-benchmark -n).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub requests: u64,
+    /// Parallel connections (redis-benchmark -c).
+    #[arg(long, default_value_t = 50)]
+    pub clients: u32,
+    /// latchkey engines to serve, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "hash,lsm,btree")]
+    pub engines: Vec<String>,
+    /// Pipeline depths to run (redis-benchmark -P), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub pipelines: Vec<u32>,
+    /// The latchkey binary (default: the one beside this executable).
+    #[arg(long)]
+    pub latchkey: Option<PathBuf>,
+    /// Where the servers keep their data (default: the system's temporary directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+const TESTS: &[&str] = &["SET", "GET", "INCR"];
+
+/// One server's figures: (test, pipeline) -> requests per second.
+struct Figures {
+    name: String,
+    rps: Vec<((String, u32), f64)>,
+    p50_ms: Vec<((String, u32), f64)>,
+    server_cpu_secs: f64,
+    server_peak_rss_mib: f64,
+}
+
+/// user+system CPU seconds and peak RSS (MiB) of a running process, from /proc.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // utime and stime are fields 14 and 15 of stat; `after` starts at field 3.
+    let cpu = (ticks(11) + ticks(12)) / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0);
+    (cpu, hwm)
+}
+
+/// Runs redis-benchmark against one server and returns its figures.
+fn drive(server: &Server, args: &ServerArgs) -> Result<Figures, String> {
+    let mut f = Figures {
+        name: server.name.clone(),
+        rps: Vec::new(),
+        p50_ms: Vec::new(),
+        server_cpu_secs: 0.0,
+        server_peak_rss_mib: 0.0,
+    };
+    let cpu0 = proc_usage(server.pid()).0;
+    for &p in &args.pipelines {
+        eprintln!("{}: redis-benchmark -t set,get,incr -n {} -P {p} ...", server.name, args.requests);
+        let out = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-t", "set,get,incr"])
+            .args(["-n", &args.requests.to_string(), "-r", "100000", "-d", "100"])
+            .args(["-c", &args.clients.to_string(), "-P", &p.to_string(), "--csv"])
+            .output()
+            .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!(
+                "redis-benchmark against {} failed: {}",
+                server.name,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
+        for line in text.lines() {
+            let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+            let Some(test) = cols.first().map(|t| t.to_string()) else { continue };
+            if !TESTS.contains(&test.as_str()) {
+                continue;
+            }
+            let num = |i: usize| cols.get(i).and_then(|c| c.parse::<f64>().ok()).unwrap_or(f64::NAN);
+            f.rps.push(((test.clone(), p), num(1)));
+            f.p50_ms.push(((test, p), num(4)));
+        }
+        if f.rps.iter().filter(|((_, q), _)| *q == p).count() != TESTS.len() {
+            return Err(format!("redis-benchmark printed no figures for every test; it printed:\n{text}"));
+        }
+    }
+    let (cpu1, rss) = proc_usage(server.pid());
+    f.server_cpu_secs = cpu1 - cpu0;
+    f.server_peak_rss_mib = rss;
+    Ok(f)
+}
+
+fn lookup(v: &[((String, u32), f64)], test: &str, p: u32) -> f64 {
+    v.iter().find(|((t, q), _)| t == test && *q == p).map_or(f64::NAN, |(_, x)| *x)
+}
+
+pub fn run(args: &ServerArgs) -> Result<(), String> {
+    if !procs::on_path("redis-benchmark") {
+        return Err("redis-benchmark is not installed (Debian: apt-get install redis-tools)".into());
+    }
+    let bin = procs::latchkey_binary(args.latchkey.as_deref())?;
+    let base = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-bench-server-{}", std::process::id())));
+    let result = run_in(args, &bin, &base);
+    let _ = std::fs::remove_dir_all(&base);
+    result
+}
+
+fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
+    let mut all = Vec::new();
+    {
+        let redis = procs::start_redis(base)?;
+        all.push(drive(&redis, args)?);
+    }
+    for engine in &args.engines {
+        let server = procs::start_latchkey(bin, base, engine)?;
+        all.push(drive(&server, args)?);
+    }
+    println!(
+        "redis-benchmark -t set,get,incr -n {} -r 100000 -d 100 -c {}, on loopback; requests per second",
+        args.requests, args.clients
+    );
+    println!("redis: appendonly yes, appendfsync everysec; latchkey serve: --sync 1000 (fsync every second)");
+    print!("{:<10}", "test");
+    for f in &all {
+        print!("{:>16}", f.name);
+    }
+    println!("  latchkey vs redis");
+    for &p in &args.pipelines {
+        for test in TESTS {
+            print!("{:<10}", format!("{test} -P{p}"));
+            for f in &all {
+                print!("{:>16.0}", lookup(&f.rps, test, p));
+            }
+            let redis = lookup(&all[0].rps, test, p);
+            let ratios: Vec<String> = all[1..]
+                .iter()
+                .map(|f| format!("{}={:.2}x", f.name.trim_start_matches("latchkey-"), lookup(&f.rps, test, p) / redis))
+                .collect();
+            println!("  {}", ratios.join(" "));
+        }
+    }
+    println!("p50 latency (ms)");
+    for &p in &args.pipelines {
+        for test in TESTS {
+            print!("{:<10}", format!("{test} -P{p}"));
+            for f in &all {
+                print!("{:>16.3}", lookup(&f.p50_ms, test, p));
+            }
+            println!();
+        }
+    }
+    print!("{:<10}", "server");
+    for f in &all {
+        print!("{:>16}", format!("{:.1}s/{:.0}MiB", f.server_cpu_secs, f.server_peak_rss_mib));
+    }
+    println!("  (server CPU seconds over every test / peak RSS)");
+    if let Some(path) = &args.json {
+        let servers: serde_json::Map<String, serde_json::Value> = all
+            .iter()
+            .map(|f| {
+                let mut m = serde_json::Map::new();
+                for ((t, p), v) in &f.rps {
+                    m.insert(format!("{t} -P{p} rps"), (*v).into());
+                }
+                for ((t, p), v) in &f.p50_ms {
+                    m.insert(format!("{t} -P{p} p50 ms"), (*v).into());
+                }
+                m.insert("server cpu secs".into(), f.server_cpu_secs.into());
+                m.insert("server peak rss mib".into(), f.server_peak_rss_mib.into());
+                (f.name.clone(), serde_json::Value::Object(m))
+            })
+            .collect();
+        let doc = serde_json::json!({"requests": args.requests, "clients": args.clients, "servers": servers});
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("results serialise"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
