@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod chart;
+pub mod locks;
 pub mod procs;
 pub mod server;
 pub mod workloads;

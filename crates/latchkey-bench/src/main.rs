@@ -43,6 +43,16 @@ enum Cmd {
     /// redis-benchmark (Debian: redis-server, redis-tools) and the latchkey
     /// binary (`cargo build --release -p latchkey-cli`).
     Server(latchkey_bench::server::ServerArgs),
+    /// The fenced locks beside etcd's lock API and ZooKeeper's lock recipe.
+    ///
+    /// Starts `latchkey serve` (grants fsynced before a token is returned),
+    /// etcd and ZooKeeper on loopback, each in a temporary directory, and
+    /// measures uncontended acquire+release latency (p50/p99 over --cycles)
+    /// and --clients clients contending for one lock for --secs seconds
+    /// (acquisitions per second, wait and hand-off p50/p99, fairness).
+    /// etcd and ZooKeeper need `--features lock-peers` and their servers
+    /// (Debian: etcd-server, zookeeper).
+    Locks(latchkey_bench::locks::LockArgs),
 }
 
 fn main() {
@@ -50,6 +60,7 @@ fn main() {
     let code = match cli.command {
         Some(Cmd::Worker(w)) => workloads::worker_main(&w),
         Some(Cmd::Server(s)) => exit_code(latchkey_bench::server::run(&s)),
+        Some(Cmd::Locks(l)) => exit_code(latchkey_bench::locks::run(&l)),
         None => {
             let peers = ["redb", "fjall", "sled"];
             let defaults: Vec<&str> = workloads::LATCHKEY_ENGINES.iter().copied().chain(peers).collect();
