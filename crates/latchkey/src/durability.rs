@@ -4,13 +4,18 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 
 #[derive(Default)]
 pub(crate) struct Durability {
-    sync_lock: Mutex<()>,
+    /// Whether a caller is fsyncing the log now (the group's leader).
+    syncing: Mutex<bool>,
+    /// Signalled when a leader's fsync ends.
+    synced: Condvar,
+    /// Calls of `sync_to` that found their bytes not yet synced.
+    arrivals: AtomicU64,
     /// Log bytes (a log sequence number) known to be on stable storage.
     synced_lsn: AtomicU64,
     poison: Mutex<Option<String>>,
@@ -72,12 +77,14 @@ impl Durability {
         self.synced_lsn.fetch_max(lsn, Ordering::AcqRel);
     }
 
-    /// Makes the log durable up to `lsn`, with group commit: concurrent
-    /// callers queue on one lock, and whoever holds it fsyncs everything
-    /// written so far, so the others usually find their bytes already
-    /// synced. `current` returns the log position now and the fsync of the
-    /// active log (older logs were synced when sealed); it is called
-    /// without the caller's writer lock held during the fsync.
+    /// Makes the log durable up to `lsn`, with group commit: one caller at a
+    /// time (the leader) fsyncs everything written so far; the others wait
+    /// for that fsync to end, and all of them wake at once — those whose
+    /// bytes it covered return, and one of the rest leads the next fsync,
+    /// which covers every write made while the last one ran. `current`
+    /// returns the log position now and the fsync of the active log (older
+    /// logs were synced when sealed); it is called without the caller's
+    /// writer lock held during the fsync.
     pub(crate) fn sync_to<F>(&self, lsn: u64, current: impl FnOnce() -> (u64, F)) -> Result<()>
     where
         F: FnOnce() -> Result<()>,
@@ -85,11 +92,40 @@ impl Durability {
         if self.synced_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        let _leader = self.sync_lock.lock();
-        if self.synced_lsn.load(Ordering::Acquire) >= lsn {
-            return Ok(());
+        self.arrivals.fetch_add(1, Ordering::AcqRel);
+        let mut syncing = self.syncing.lock();
+        loop {
+            if self.synced_lsn.load(Ordering::Acquire) >= lsn {
+                return Ok(());
+            }
+            self.check_writable()?;
+            if !*syncing {
+                break;
+            }
+            self.synced.wait(&mut syncing);
         }
-        self.check_writable()?;
+        *syncing = true;
+        drop(syncing);
+        // Clears the leader flag and wakes the waiters however this ends
+        // (an error or a panic in the fsync included).
+        struct Lead<'a>(&'a Durability);
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                *self.0.syncing.lock() = false;
+                self.0.synced.notify_all();
+            }
+        }
+        let _lead = Lead(self);
+        // Writers woken by the last fsync are usually a moment from
+        // appending: while more keep arriving (a few rounds at most), let
+        // them, so this fsync covers them too. Alone, this is one yield.
+        for _ in 0..8 {
+            let seen = self.arrivals.load(Ordering::Acquire);
+            std::thread::yield_now();
+            if self.arrivals.load(Ordering::Acquire) == seen {
+                break;
+            }
+        }
         let (target, fsync) = current();
         if let Err(e) = fsync() {
             self.poison(&e);

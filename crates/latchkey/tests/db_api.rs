@@ -71,7 +71,10 @@ fn concurrent_writers_share_fsyncs() {
         }
         let s = db.stats();
         assert_eq!(s.writes, 800);
-        assert!(s.syncs < 800, "{engine}: {} fsyncs for 800 concurrent writes: no group commit", s.syncs);
+        // Every fsync covers the writes made while the one before it ran:
+        // 8 writers share each (about 5 writes per fsync on 2 cores);
+        // without group commit it would be 800.
+        assert!(s.syncs < 400, "{engine}: {} fsyncs for 800 concurrent writes: little group commit", s.syncs);
         assert!(s.syncs > 0);
     }
 }
