@@ -76,7 +76,8 @@ fn the_lock_benchmark_measures_latchkey() {
     };
     latchkey_bench::locks::run(&args).unwrap();
     let f = &json(&out_json)["systems"]["latchkey-btree"];
-    let counts: Vec<u64> = f["acquisitions_per_client"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+    let counts: Vec<u64> =
+        f["acquisitions_per_client"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
     assert_eq!(counts.len(), 4);
     assert!(counts.iter().all(|&c| c > 0), "every client got the lock: {counts:?}");
     let fair = f["fairness_jain"].as_f64().unwrap();
@@ -89,9 +90,8 @@ fn the_lock_benchmark_measures_latchkey() {
 
 #[test]
 fn the_server_benchmark_runs_beside_redis() {
-    let on_path = |p: &str| {
-        std::env::var_os("PATH").is_some_and(|ps| std::env::split_paths(&ps).any(|d| d.join(p).is_file()))
-    };
+    let on_path =
+        |p: &str| std::env::var_os("PATH").is_some_and(|ps| std::env::split_paths(&ps).any(|d| d.join(p).is_file()));
     if !on_path("redis-server") || !on_path("redis-benchmark") {
         eprintln!("SKIPPED: redis-server and redis-benchmark are not installed (apt-get install redis-server redis-tools; .ci/run does)");
         return;

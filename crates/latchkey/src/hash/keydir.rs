@@ -67,6 +67,16 @@ impl KeyDir {
         }
     }
 
+    /// True if nothing was written since the base was loaded or installed.
+    pub(crate) fn overlay_is_empty(&self) -> bool {
+        self.overlay.is_empty()
+    }
+
+    /// The segments the base covers.
+    pub(crate) fn base_segments(&self) -> &[SegId] {
+        self.base.segments()
+    }
+
     /// True if the base holds no key.
     pub(crate) fn base_is_empty(&self) -> bool {
         self.base.len() == 0

@@ -36,7 +36,9 @@ use crate::durability::Durability;
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
 use crate::log::{FileKind, LogWriter};
+use crate::now_ms;
 use crate::options::{Options, Sync};
+use table::KeyTable;
 
 use keydir::{KeyDir, Loc};
 use segment::{SegId, Segment};
@@ -165,7 +167,18 @@ impl Store for HashStore {
     }
 
     fn close(&self) -> Result<()> {
-        self.inner.durability.close(|| self.background.stop(|| {}), || self.inner.sync_all())
+        self.inner.durability.close(
+            || self.background.stop(|| {}),
+            || {
+                self.inner.sync_all()?;
+                // Only a speed-up for the next open: if it cannot be
+                // written, startup reads the segments instead.
+                if let Err(e) = self.inner.write_close_table() {
+                    tracing::warn!(error = %e, "no key table written at close; the next open reads the segments");
+                }
+                Ok(())
+            },
+        )
     }
 
     fn crash(&self) {
@@ -263,6 +276,50 @@ impl Inner {
         c.user_bytes.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
         c.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
         Ok(w.lsn)
+    }
+
+    /// At a clean close (everything synced): writes a key table of every
+    /// live key, covering every segment, so the next open loads it with one
+    /// read instead of reading the segments written since the last merge.
+    /// The table is named after the active segment, which sorts after every
+    /// older table; the next open starts a new active segment. Skipped when
+    /// the newest table already covers everything but an empty active
+    /// segment.
+    fn write_close_table(&self) -> Result<()> {
+        let _no_merge = self.merge_lock.lock();
+        let w = self.writer.lock();
+        let kd = self.keydir.read();
+        let covers: Vec<SegId> = self.segments.read().keys().copied().collect();
+        let uncovered = covers.iter().filter(|id| kd.base_segments().binary_search(id).is_err());
+        let active_empty = w.log.len() <= crate::log::FILE_HEADER_LEN;
+        if kd.overlay_is_empty() && uncovered.filter(|&&id| !(id == w.active.id && active_empty)).count() == 0 {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut entries: Vec<(Box<[u8]>, Loc)> = Vec::with_capacity(kd.len());
+        kd.for_each(|k, loc| {
+            if !loc.expired(now) {
+                entries.push((k.into(), *loc));
+            }
+        });
+        drop(kd);
+        let Some(bytes) = KeyTable::encode_covering(&entries, &covers, w.next_seq.saturating_sub(1)) else {
+            return Ok(()); // over the table's limits: the next open reads the segments
+        };
+        let path = segment::table_path(&self.dir, w.active.id);
+        let tmp = merge::tmp_path(&path);
+        let f = crate::fs::File::create_new(&tmp)?;
+        f.write_all_at(&bytes, 0)?;
+        f.sync_data()?;
+        drop(f);
+        crate::fs::rename(&tmp, &path)?;
+        crate::fs::sync_dir(&self.dir)?;
+        for old in merge::table_ids(&self.dir)?.into_iter().filter(|&id| id != w.active.id) {
+            crate::fs::remove_file(&segment::table_path(&self.dir, old))?;
+        }
+        crate::fs::sync_dir(&self.dir)?;
+        tracing::info!(keys = entries.len(), segments = covers.len(), "key table written at close");
+        Ok(())
     }
 
     /// Seals the active segment (synced) and starts the next generation's.

@@ -19,9 +19,12 @@
 //! ..   u32 CRC32C of everything after the file header
 //! ```
 //!
-//! Entries carry no sequence number: every segment the table does not
-//! cover was written after the merge that wrote it, so any record found
-//! there is newer than the table's entry for its key.
+//! The segment ids are every segment the table *covers*: those holding an
+//! entry, and (for a table written at a clean close) segments whose
+//! records are all dead. Startup reads no covered segment. Entries carry no
+//! sequence number: every segment the table does not cover was written
+//! after the table, so any record found there is newer than the table's
+//! entry for its key.
 
 use std::path::Path;
 
@@ -67,7 +70,14 @@ impl KeyTable {
     /// or `None` if its keys add up to 4 GiB or more (then the merge writes
     /// no table and startup reads the data segments instead).
     pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Option<Vec<u8>> {
-        let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).collect();
+        Self::encode_covering(entries, &[], 0)
+    }
+
+    /// Like [`KeyTable::encode`], for a table that also covers the segments
+    /// `covers` (which may hold no live entry) and records `max_seq` as the
+    /// highest sequence number used (if above every entry's).
+    pub(crate) fn encode_covering(entries: &[(Box<[u8]>, Loc)], covers: &[SegId], max_seq: u64) -> Option<Vec<u8>> {
+        let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).chain(covers.iter().copied()).collect();
         segs.sort_unstable();
         segs.dedup();
         let bits = (entries.len().max(1) * 2).next_power_of_two().trailing_zeros();
@@ -75,7 +85,7 @@ impl KeyTable {
         if key_bytes > u32::MAX as usize || entries.len() >= u32::MAX as usize {
             return None;
         }
-        let max_seq = entries.iter().map(|(_, l)| l.seq).max().unwrap_or(0);
+        let max_seq = entries.iter().map(|(_, l)| l.seq).max().unwrap_or(0).max(max_seq);
         let mut out = Vec::with_capacity(64 + segs.len() * 8 + (4 << bits) + entries.len() * ENTRY_LEN + key_bytes);
         out.extend_from_slice(&file_header(FileKind::KeyTable));
         for x in [entries.len() as u64, bits as u64, max_seq, segs.len() as u64] {
@@ -149,14 +159,14 @@ impl KeyTable {
         let max_seq = u64_at(&buf, h + 16);
         let nsegs = u64_at(&buf, h + 24) as usize;
         // At most half the slots are used, so every probe ends at an empty one.
-        if bits > 31 || count * 2 > (1usize << bits) || nsegs > count.max(1) {
+        if bits > 31 || count * 2 > (1usize << bits) {
             return Err(bad(h, "impossible key table sizes"));
         }
         let segs_at = h + 32;
-        let keys_len_at = segs_at + nsegs * 8;
-        if keys_len_at + 8 > body_end {
+        let keys_len_at = nsegs.checked_mul(8).and_then(|n| n.checked_add(segs_at));
+        let Some(keys_len_at) = keys_len_at.filter(|&at| at.checked_add(8).is_some_and(|end| end <= body_end)) else {
             return Err(bad(h, "key table is cut short"));
-        }
+        };
         let segs = (0..nsegs).map(|i| u64_at(&buf, segs_at + i * 8)).collect();
         let key_bytes = u64_at(&buf, keys_len_at) as usize;
         let slots_at = keys_len_at + 8;
