@@ -94,7 +94,8 @@ fn set(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
             _ => return Err(syntax()),
         }
     }
-    let old = current(shared, &key)?;
+    // A plain SET replaces whatever is there: only the options read it.
+    let old = if nx || xx || get || keepttl { current(shared, &key)? } else { None };
     let old_value = || if get { bulk_or_null(old.clone().map(|(v, _)| v)) } else { Reply::Null };
     if (nx && old.is_some()) || (xx && old.is_none()) {
         return Ok((old_value(), WriteBatch::new()));
