@@ -43,10 +43,13 @@ pub fn open(name: &str, path: &Path) -> Result<Any, String> {
             Any::Latchkey(
                 latchkey::Db::open(
                     path,
-                    // btree: a 1 GiB buffer pool, as redb's default cache.
+                    // btree: a 1 GiB buffer pool, as redb's default cache;
+                    // hash: 1 GiB of cached segment blocks, the same budget.
+                    // (lsm keeps its default 64 MiB block cache.)
                     latchkey::Options {
                         sync: latchkey::Sync::Never,
                         page_cache_size: 1 << 30,
+                        block_cache_size: if engine == latchkey::Engine::Hash { 1 << 30 } else { 64 << 20 },
                         ..latchkey::Options::new(engine)
                     },
                 )

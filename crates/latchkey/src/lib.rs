@@ -34,6 +34,7 @@
 mod background;
 mod batch;
 mod btree;
+mod cache;
 pub mod check;
 pub mod codec;
 mod db;

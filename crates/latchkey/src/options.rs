@@ -94,7 +94,9 @@ pub struct Options {
     pub memtable_size: usize,
     /// `lsm`: writers wait while this many full memtables await a flush.
     pub max_immutable_memtables: usize,
-    /// `lsm`: bytes of decoded blocks kept in the block cache.
+    /// `lsm` and `hash`: bytes of blocks kept in memory (lsm: table data
+    /// blocks; hash: 32 KiB blocks of sealed segments, so hot values are read
+    /// without a system call).
     pub block_cache_size: usize,
     /// `lsm`: compaction writes tables of about this many bytes.
     pub target_file_size: u64,

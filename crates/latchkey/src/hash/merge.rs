@@ -222,7 +222,11 @@ fn install(
         crate::fs::rename(&tmp_path(&path), &path)?;
     }
     crate::fs::sync_dir(&inner.dir)?;
-    let opened = commit.outputs.iter().map(|&id| Segment::open(&inner.dir, id).map(Arc::new));
+    let opened = commit.outputs.iter().map(|&id| {
+        let s = Segment::open(&inner.dir, id)?;
+        s.seal();
+        Ok(Arc::new(s))
+    });
     let opened: Vec<Arc<Segment>> = opened.collect::<Result<_>>()?;
     inner.segments.write().extend(opened.into_iter().map(|s| (s.id, s)));
     // Without a table (keys over 4 GiB), the moved keys go in the overlay.

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     writer: Mutex<Writer>,
     durability: Durability,
     merge_lock: Mutex<()>,
+    /// Blocks of sealed segments (`Options::block_cache_size` bytes).
+    cache: Arc<segment::SegmentCache>,
     counters: Counters,
     /// Bytes of expired records the keydir still points at, as of the last
     /// sweep; counted as dead for the merge trigger.
@@ -99,6 +101,7 @@ impl HashStore {
             ms = started.elapsed().as_millis() as u64,
             "hash engine opened"
         );
+        let cache = Arc::new(segment::SegmentCache::new(opts.block_cache_size));
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
             opts,
@@ -115,6 +118,7 @@ impl HashStore {
             }),
             durability: Durability::default(),
             merge_lock: Mutex::new(()),
+            cache,
             counters: Counters::default(),
             expired_bytes: AtomicU64::new(0),
             _lock: lock,
@@ -211,7 +215,7 @@ impl Inner {
                 format!("index points at missing segment {}", segment::data_name(loc.seg)),
             )
         })?;
-        let value = seg.read_value(key, loc.offset, loc.len)?;
+        let value = seg.read_value(key, loc.offset, loc.len, &self.cache)?;
         Ok(Some((value, loc.expires_at)))
     }
 
@@ -227,11 +231,12 @@ impl Inner {
             (items, self.segments.read().clone())
         };
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let cache = Arc::clone(&self.cache);
         let read = move |(key, loc): (Vec<u8>, Loc)| -> Result<KeyValue> {
             let seg = segments.get(&loc.seg).ok_or_else(|| {
                 Error::corruption(segment::data_name(loc.seg), loc.offset, "segment missing during scan")
             })?;
-            let value = seg.read_value(&key, loc.offset, loc.len)?;
+            let value = seg.read_value(&key, loc.offset, loc.len, &cache)?;
             Ok((key, value))
         };
         Iter::new(Box::new(items.into_iter().map(read)))
@@ -329,6 +334,7 @@ impl Inner {
             return Err(e);
         }
         self.durability.mark_synced(w.lsn);
+        w.active.seal();
         let generation = w.generation + 1;
         let id = segment::active_id(generation);
         let log = LogWriter::create(&segment::data_path(&self.dir, id), FileKind::Data)?;

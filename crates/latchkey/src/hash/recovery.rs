@@ -89,7 +89,11 @@ pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     let active_id = segment::active_id(generation);
     let mut segments = BTreeMap::new();
     for &id in ids.iter().filter(|&&id| id != active_id).chain(std::iter::once(&active_id)) {
-        segments.insert(id, Arc::new(Segment::open(dir, id)?));
+        let seg = Segment::open(dir, id)?;
+        if id != active_id {
+            seg.seal();
+        }
+        segments.insert(id, Arc::new(seg));
     }
     let active = Arc::clone(&segments[&active_id]);
     Ok(Recovered { keydir, segments, log, active, next_seq: max_seq + 1, generation, table_keys, scanned })

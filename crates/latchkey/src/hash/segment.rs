@@ -8,7 +8,8 @@
 //! torn write.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::codec::{self, Kind};
 use crate::error::{Error, Result};
@@ -61,19 +62,51 @@ pub(crate) fn list_ids(dir: &Path, ext: &str) -> Result<Vec<SegId>> {
 /// Readers hold an `Arc<Segment>`; a merged-away segment's file is unlinked
 /// at once, and the open handle keeps its bytes readable until the last
 /// reader lets go.
+///
+/// Once sealed (never appended to again), a segment's bytes are read in
+/// blocks of [`CACHE_BLOCK`] through the shared block cache, so a hot set of
+/// values is served from memory without a system call.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) id: SegId,
     file: File,
     /// Bytes in the file, header included.
     size: AtomicU64,
+    sealed: AtomicBool,
 }
+
+/// Blocks of sealed segments the cache holds.
+pub(crate) type SegmentCache = crate::cache::BlockCache<Box<[u8]>>;
+
+/// Bytes per cached block of a sealed segment.
+pub(crate) const CACHE_BLOCK: u64 = 32 << 10;
 
 impl Segment {
     pub(crate) fn open(dir: &Path, id: SegId) -> Result<Segment> {
         let file = File::open_read(&dir.join(data_name(id)))?;
         let size = file.len()?;
-        Ok(Segment { id, file, size: AtomicU64::new(size) })
+        Ok(Segment { id, file, size: AtomicU64::new(size), sealed: AtomicBool::new(false) })
+    }
+
+    /// Marks the segment as never to be appended to again: its blocks may
+    /// then be cached.
+    pub(crate) fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// The cached block `i` of this sealed segment, read if absent.
+    fn block(&self, i: u64, cache: &SegmentCache) -> Result<Arc<Box<[u8]>>> {
+        let key = (self.id, i as u32);
+        if let Some(b) = cache.get(key) {
+            return Ok(b);
+        }
+        let start = i * CACHE_BLOCK;
+        let len = CACHE_BLOCK.min(self.size().saturating_sub(start)) as usize;
+        let mut buf = vec![0u8; len].into_boxed_slice();
+        self.file.read_exact_at(&mut buf, start)?;
+        let block = Arc::new(buf);
+        cache.insert(key, Arc::clone(&block), len + 64);
+        Ok(block)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -94,10 +127,23 @@ impl Segment {
 
     /// Reads the put record of `key` at `offset` and returns its value,
     /// checking the checksum and that the record is the one expected.
-    pub(crate) fn read_value(&self, key: &[u8], offset: u64, len: u32) -> Result<Vec<u8>> {
+    pub(crate) fn read_value(&self, key: &[u8], offset: u64, len: u32, cache: &SegmentCache) -> Result<Vec<u8>> {
+        let damage = |why: String| Error::corruption(self.path(), offset, why);
+        let end = offset.saturating_add(u64::from(len));
+        let i = offset / CACHE_BLOCK;
+        if self.sealed.load(Ordering::Acquire) && end <= self.size() && (end - 1) / CACHE_BLOCK == i {
+            let block = self.block(i, cache)?;
+            let at = (offset - i * CACHE_BLOCK) as usize;
+            let buf =
+                block.get(at..at + len as usize).ok_or_else(|| damage("record lies past the segment's end".into()))?;
+            let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
+            if n != buf.len() || rec.kind != Kind::Put || rec.key != key {
+                return Err(damage("record is not the one the index points at".into()));
+            }
+            return Ok(rec.value.to_vec());
+        }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
-        let damage = |why: String| Error::corruption(self.path(), offset, why);
         let (rec, n) = codec::decode(&buf).map_err(|e| damage(e.to_string()))?;
         if n != buf.len() || rec.kind != Kind::Put || rec.key != key {
             return Err(damage("record is not the one the index points at".into()));

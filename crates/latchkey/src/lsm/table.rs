@@ -15,12 +15,8 @@
 //! key suffix, value`; a data entry's value is `kind u8 (1 put, 2 delete),
 //! seq u64, expires_at u64, value bytes`.
 
-use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use super::Value;
 use crate::error::{Error, Result};
@@ -402,48 +398,8 @@ impl TableBuilder {
 /// A decoded block: (key, seq, value) in key order.
 pub(crate) type Block = Vec<(Vec<u8>, u64, Value)>;
 
-/// Decoded data blocks shared by all tables, evicted oldest first once over
-/// capacity.
-pub(crate) struct BlockCache {
-    inner: Mutex<CacheInner>,
-    capacity: usize,
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-}
-
-#[derive(Default)]
-struct CacheInner {
-    map: HashMap<(u64, u32), (Arc<RawBlock>, usize)>,
-    order: VecDeque<(u64, u32)>,
-    bytes: usize,
-}
-
-impl BlockCache {
-    pub(crate) fn new(capacity: usize) -> Self {
-        BlockCache { inner: Mutex::default(), capacity, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
-    }
-
-    fn get(&self, key: (u64, u32)) -> Option<Arc<RawBlock>> {
-        let hit = self.inner.lock().map.get(&key).map(|(b, _)| Arc::clone(b));
-        let counter = if hit.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
-        hit
-    }
-
-    fn insert(&self, key: (u64, u32), block: Arc<RawBlock>, size: usize) {
-        let mut c = self.inner.lock();
-        if c.map.insert(key, (block, size)).is_none() {
-            c.order.push_back(key);
-            c.bytes += size;
-        }
-        while c.bytes > self.capacity {
-            let Some(old) = c.order.pop_front() else { break };
-            if let Some((_, s)) = c.map.remove(&old) {
-                c.bytes -= s;
-            }
-        }
-    }
-}
+/// Raw data blocks shared by all tables (see [`crate::cache`]).
+pub(crate) type BlockCache = crate::cache::BlockCache<RawBlock>;
 
 /// An open table: its index and bloom filter in memory, blocks read on demand.
 pub(crate) struct Table {

@@ -1,0 +1,98 @@
+//! A byte-bounded cache of immutable blocks keyed by (file id, block
+//! number), shared by the `lsm` engine (table data blocks) and the `hash`
+//! engine (blocks of sealed segments). Sharded by key so concurrent readers
+//! rarely meet on one lock; each shard evicts its oldest blocks once over
+//! its share of the capacity.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+const SHARDS: usize = 16;
+
+type Key = (u64, u32);
+
+pub(crate) struct BlockCache<V> {
+    shards: Box<[Mutex<Shard<V>>]>,
+    /// Bytes each shard may hold.
+    shard_capacity: usize,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+}
+
+struct Shard<V> {
+    map: HashMap<Key, (Arc<V>, usize), foldhash::fast::FixedState>,
+    order: VecDeque<Key>,
+    bytes: usize,
+}
+
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Shard { map: HashMap::default(), order: VecDeque::new(), bytes: 0 }
+    }
+}
+
+impl<V> BlockCache<V> {
+    /// A cache of at most about `capacity` bytes (0: keeps nothing).
+    pub(crate) fn new(capacity: usize) -> Self {
+        BlockCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_capacity: capacity / SHARDS,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: Key) -> &Mutex<Shard<V>> {
+        let h = (key.0 ^ u64::from(key.1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        &self.shards[(h >> 60) as usize % SHARDS]
+    }
+
+    pub(crate) fn get(&self, key: Key) -> Option<Arc<V>> {
+        let hit = self.shard(key).lock().map.get(&key).map(|(b, _)| Arc::clone(b));
+        let counter = if hit.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
+    /// Keeps `block` (about `size` bytes) unless it alone is over a shard's share.
+    pub(crate) fn insert(&self, key: Key, block: Arc<V>, size: usize) {
+        if size > self.shard_capacity {
+            return;
+        }
+        let mut s = self.shard(key).lock();
+        if s.map.insert(key, (block, size)).is_none() {
+            s.order.push_back(key);
+            s.bytes += size;
+        }
+        while s.bytes > self.shard_capacity {
+            let Some(old) = s.order.pop_front() else { break };
+            if let Some((_, n)) = s.map.remove(&old) {
+                s.bytes -= n;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_fits_and_evicts_the_oldest() {
+        let c: BlockCache<Vec<u8>> = BlockCache::new(SHARDS * 1000);
+        for i in 0..10_000u32 {
+            c.insert((7, i), Arc::new(vec![i as u8; 10]), 100);
+        }
+        let kept = (0..10_000u32).filter(|&i| c.get((7, i)).is_some()).count();
+        assert!(kept <= SHARDS * 10, "{kept} blocks kept over the capacity");
+        assert!(kept >= SHARDS * 5, "only {kept} kept");
+        // The newest of each shard survive.
+        assert_eq!(c.get((7, 9_999)).map(|b| b[0]), Some((9_999u32 % 256) as u8));
+        let none: BlockCache<Vec<u8>> = BlockCache::new(0);
+        none.insert((1, 1), Arc::new(vec![1]), 1);
+        assert!(none.get((1, 1)).is_none());
+    }
+}
