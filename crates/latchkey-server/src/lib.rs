@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// Held while a write command reads, computes and appends, so that
     /// read-modify-write commands are atomic. Never held across an fsync.
-    pub(crate) write_lock: parking_lot::Mutex<()>,
+    pub(crate) write_lock: std::sync::Mutex<()>,
     pub(crate) stats: ServerStats,
     pub(crate) started: Instant,
 }
@@ -95,7 +95,7 @@ impl Server {
             db,
             locks,
             config,
-            write_lock: parking_lot::Mutex::new(()),
+            write_lock: std::sync::Mutex::new(()),
             stats: ServerStats::default(),
             started: Instant::now(),
         });

@@ -158,7 +158,7 @@ fn flush(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome>
         None | Some("SYNC") | Some("ASYNC") => args.done()?,
         Some(_) => return Err(syntax()),
     }
-    let _writer = shared.write_lock.lock();
+    let _writer = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
     for chunk in all_keys(shared)?.chunks(10_000) {
         let mut batch = WriteBatch::new();
         for k in chunk {

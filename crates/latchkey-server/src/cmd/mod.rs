@@ -175,7 +175,7 @@ fn run(shared: &Shared, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<F
     }
     match cmd.handler {
         Handler::Write(f) => {
-            let _writer = shared.write_lock.lock();
+            let _writer = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let (reply, mut batch) = f(shared, &mut args)?;
             if let Some(fence) = &fence {
                 let granted = shared.locks.info(&fence.lock).last_token;

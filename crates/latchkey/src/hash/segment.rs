@@ -63,9 +63,10 @@ pub(crate) fn list_ids(dir: &Path, ext: &str) -> Result<Vec<SegId>> {
 /// at once, and the open handle keeps its bytes readable until the last
 /// reader lets go.
 ///
-/// Once sealed (never appended to again), a segment's bytes are read in
-/// blocks of [`CACHE_BLOCK`] through the shared block cache, so a hot set of
-/// values is served from memory without a system call.
+/// Values are read in blocks of [`CACHE_BLOCK`] through the shared block
+/// cache, so a hot set of values is served from memory without a system
+/// call: every block of a sealed segment (never appended to again), and
+/// every full block of the active one.
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) id: SegId,
@@ -88,8 +89,8 @@ impl Segment {
         Ok(Segment { id, file, size: AtomicU64::new(size), sealed: AtomicBool::new(false) })
     }
 
-    /// Marks the segment as never to be appended to again: its blocks may
-    /// then be cached.
+    /// Marks the segment as never to be appended to again: its last,
+    /// partial block may then be cached too.
     pub(crate) fn seal(&self) {
         self.sealed.store(true, Ordering::Release);
     }
@@ -131,7 +132,12 @@ impl Segment {
         let damage = |why: String| Error::corruption(self.path(), offset, why);
         let end = offset.saturating_add(u64::from(len));
         let i = offset / CACHE_BLOCK;
-        if self.sealed.load(Ordering::Acquire) && end <= self.size() && (end - 1) / CACHE_BLOCK == i {
+        // A block is immutable once every byte of it is written: any block
+        // of a sealed segment, and the full blocks of the active one
+        // (appends never change written bytes).
+        let size = self.size();
+        let cacheable = self.sealed.load(Ordering::Acquire) || (i + 1) * CACHE_BLOCK <= size;
+        if cacheable && end <= size && (end - 1) / CACHE_BLOCK == i {
             let block = self.block(i, cache)?;
             let at = (offset - i * CACHE_BLOCK) as usize;
             let buf =
