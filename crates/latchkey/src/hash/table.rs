@@ -11,7 +11,7 @@
 //! 32   u64 max_seq  the highest sequence number of any entry
 //! 40   u64 nsegs    then nsegs x u64 segment ids
 //! ..   u64 keybytes (below 2^32)
-//! ..   2^bits x u32 slots: 0 = empty, else entry index + 1
+//! ..   2^bits x u64 slots: 0 = empty, else (hash << 32) | (entry index + 1)
 //! ..   count x 32-byte entries:
 //!        u32 key offset, u32 key length, u32 segment index, u32 record length,
 //!        u64 record offset, u64 expires_at
@@ -35,6 +35,8 @@ use crate::fs::File;
 use crate::log::{file_header, FileKind, FILE_HEADER_LEN};
 
 const ENTRY_LEN: usize = 32;
+/// A slot: the key's 32-bit hash (high half) and entry index + 1 (low half).
+const SLOT_LEN: usize = 8;
 
 /// A loaded (or empty) key table.
 #[derive(Debug, Default)]
@@ -86,7 +88,8 @@ impl KeyTable {
             return None;
         }
         let max_seq = entries.iter().map(|(_, l)| l.seq).max().unwrap_or(0).max(max_seq);
-        let mut out = Vec::with_capacity(64 + segs.len() * 8 + (4 << bits) + entries.len() * ENTRY_LEN + key_bytes);
+        let mut out =
+            Vec::with_capacity(64 + segs.len() * 8 + (SLOT_LEN << bits) + entries.len() * ENTRY_LEN + key_bytes);
         out.extend_from_slice(&file_header(FileKind::KeyTable));
         for x in [entries.len() as u64, bits as u64, max_seq, segs.len() as u64] {
             out.extend_from_slice(&x.to_le_bytes());
@@ -96,16 +99,18 @@ impl KeyTable {
         }
         out.extend_from_slice(&(key_bytes as u64).to_le_bytes());
         let slots_at = out.len();
-        out.resize(slots_at + (4 << bits), 0);
+        out.resize(slots_at + (SLOT_LEN << bits), 0);
         let mask = (1usize << bits) - 1;
         let mut key_off = 0u32;
         let mut keys = Vec::with_capacity(key_bytes);
         for (i, (key, loc)) in entries.iter().enumerate() {
-            let mut slot = (hash(key) >> (32 - bits.max(1))) as usize & mask;
-            while u32_at(&out, slots_at + slot * 4) != 0 {
+            let h = hash(key);
+            let mut slot = (h >> (32 - bits.max(1))) as usize & mask;
+            while u64_at(&out, slots_at + slot * SLOT_LEN) != 0 {
                 slot = (slot + 1) & mask;
             }
-            out[slots_at + slot * 4..slots_at + slot * 4 + 4].copy_from_slice(&(i as u32 + 1).to_le_bytes());
+            let value = (u64::from(h) << 32) | (i as u64 + 1);
+            out[slots_at + slot * SLOT_LEN..slots_at + (slot + 1) * SLOT_LEN].copy_from_slice(&value.to_le_bytes());
             let seg_idx = segs.binary_search(&loc.seg).unwrap_or(0) as u32;
             let mut e = [0u8; ENTRY_LEN];
             e[0..4].copy_from_slice(&key_off.to_le_bytes());
@@ -170,7 +175,7 @@ impl KeyTable {
         let segs = (0..nsegs).map(|i| u64_at(&buf, segs_at + i * 8)).collect();
         let key_bytes = u64_at(&buf, keys_len_at) as usize;
         let slots_at = keys_len_at + 8;
-        let entries_at = slots_at + (4usize << bits);
+        let entries_at = slots_at + (SLOT_LEN << bits);
         let keys_at = entries_at + count * ENTRY_LEN;
         if keys_at.checked_add(key_bytes) != Some(body_end) {
             return Err(bad(h, "key table sizes do not add up"));
@@ -194,9 +199,13 @@ impl KeyTable {
         }
         let mut used = 0;
         for s in 0..1usize << self.bits {
-            let e = u32_at(&self.buf, self.slots_at + s * 4) as usize;
+            let e = (u64_at(&self.buf, self.slots_at + s * SLOT_LEN) & 0xffff_ffff) as usize;
             if e > self.count {
-                return Err(Error::corruption(path, (self.slots_at + s * 4) as u64, "key table slot out of range"));
+                return Err(Error::corruption(
+                    path,
+                    (self.slots_at + s * SLOT_LEN) as u64,
+                    "key table slot out of range",
+                ));
             }
             used += usize::from(e != 0);
         }
@@ -242,15 +251,20 @@ impl KeyTable {
             return None;
         }
         let mask = (1usize << self.bits) - 1;
-        let mut slot = (hash(key) >> (32 - self.bits.max(1))) as usize & mask;
+        let h = hash(key);
+        let mut slot = (h >> (32 - self.bits.max(1))) as usize & mask;
         loop {
-            let e = u32_at(&self.buf, self.slots_at + slot * 4) as usize;
-            if e == 0 {
+            let v = u64_at(&self.buf, self.slots_at + slot * SLOT_LEN);
+            if v == 0 {
                 return None;
             }
-            let (k, loc) = self.entry(e - 1);
-            if k == key {
-                return Some(loc);
+            // The hash kept beside the index rules out other keys without
+            // touching their entries.
+            if (v >> 32) as u32 == h {
+                let (k, loc) = self.entry((v & 0xffff_ffff) as usize - 1);
+                if k == key {
+                    return Some(loc);
+                }
             }
             slot = (slot + 1) & mask;
         }
