@@ -7,7 +7,7 @@
 //! ```text
 //! 0    16           file header (magic, version, kind = 4, crc)
 //! 16   u64 count    entries
-//! 24   u64 bits     the slot array has 2^bits slots (load factor <= 1/2)
+//! 24   u64 bits     the slot array has 2^bits slots (load factor <= 2/3)
 //! 32   u64 max_seq  the highest sequence number of any entry
 //! 40   u64 nsegs    then nsegs x u64 segment ids
 //! ..   u64 keybytes (below 2^32)
@@ -82,7 +82,9 @@ impl KeyTable {
         let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).chain(covers.iter().copied()).collect();
         segs.sort_unstable();
         segs.dedup();
-        let bits = (entries.len().max(1) * 2).next_power_of_two().trailing_zeros();
+        // Load factor at most 2/3: a slot keeps the key's hash, so probing
+        // past other keys reads only slots.
+        let bits = (entries.len().max(1) * 3).div_ceil(2).next_power_of_two().trailing_zeros();
         let key_bytes: usize = entries.iter().map(|(k, _)| k.len()).sum();
         if key_bytes > u32::MAX as usize || entries.len() >= u32::MAX as usize {
             return None;
@@ -163,8 +165,8 @@ impl KeyTable {
         let bits = u64_at(&buf, h + 8);
         let max_seq = u64_at(&buf, h + 16);
         let nsegs = u64_at(&buf, h + 24) as usize;
-        // At most half the slots are used, so every probe ends at an empty one.
-        if bits > 31 || count * 2 > (1usize << bits) {
+        // At most 2/3 of the slots are used, so every probe ends at an empty one.
+        if bits > 31 || count.saturating_mul(3) > (1usize << bits) * 2 {
             return Err(bad(h, "impossible key table sizes"));
         }
         let segs_at = h + 32;
