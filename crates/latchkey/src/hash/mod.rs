@@ -288,16 +288,22 @@ impl Inner {
     /// read instead of reading the segments written since the last merge.
     /// The table is named after the active segment, which sorts after every
     /// older table; the next open starts a new active segment. Skipped when
-    /// the newest table already covers everything but an empty active
-    /// segment.
+    /// the segments the newest table does not cover hold less than a
+    /// quarter of `segment_size`.
     fn write_close_table(&self) -> Result<()> {
         let _no_merge = self.merge_lock.lock();
         let w = self.writer.lock();
         let kd = self.keydir.read();
-        let covers: Vec<SegId> = self.segments.read().keys().copied().collect();
-        let uncovered = covers.iter().filter(|id| kd.base_segments().binary_search(id).is_err());
-        let active_empty = w.log.len() <= crate::log::FILE_HEADER_LEN;
-        if kd.overlay_is_empty() && uncovered.filter(|&&id| !(id == w.active.id && active_empty)).count() == 0 {
+        let (covers, unread): (Vec<SegId>, u64) = {
+            let segs = self.segments.read();
+            let unread = segs.values().filter(|s| kd.base_segments().binary_search(&s.id).is_err()).map(|s| s.size());
+            (segs.keys().copied().collect(), unread.sum())
+        };
+        // Not worth it below a quarter segment: the next open reads that
+        // little quickly and goes on appending to the same active segment
+        // (a table makes it start a new one), so short sessions do not
+        // leave a segment file each.
+        if unread < self.opts.segment_size / 4 {
             return Ok(());
         }
         let now = now_ms();

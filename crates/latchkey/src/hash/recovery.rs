@@ -256,13 +256,26 @@ mod tests {
             let tables = crate::fs::list(dir.path()).unwrap().into_iter().filter(|n| n.ends_with(".keys")).count();
             assert_eq!(tables, 1, "round {round}: older tables are removed");
         }
+        // A short session (under a quarter segment of writes) writes no
+        // table and leaves no new segment: the next one appends to it.
+        let segments =
+            |d: &std::path::Path| crate::fs::list(d).unwrap().into_iter().filter(|n| n.ends_with(".data")).count();
+        let before = segments(dir.path());
+        for i in 0..5 {
+            let db = Db::open(dir.path(), opts()).unwrap();
+            db.put(format!("short{i}"), b"x").unwrap();
+            model.insert(format!("short{i}").into_bytes(), b"x".to_vec());
+            db.close().unwrap();
+        }
+        // (`recover` above already started the new active segment.)
+        assert_eq!(segments(dir.path()), before, "the five sessions append to one active segment");
         // A crash writes no table: the segments written since are read.
         let db = Db::open(dir.path(), opts()).unwrap();
         db.put(b"after", b"crash").unwrap();
         model.insert(b"after".to_vec(), b"crash".to_vec());
         db.simulate_crash();
         let r = super::recover(dir.path(), &opts()).unwrap();
-        assert_eq!(r.scanned, 1);
+        assert_eq!(r.scanned, 1, "the active segment of the short sessions");
         drop(r);
         let db = Db::open(dir.path(), opts()).unwrap();
         assert_matches(&db, &model);
