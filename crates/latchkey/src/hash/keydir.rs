@@ -67,11 +67,6 @@ impl KeyDir {
         }
     }
 
-    /// True if nothing was written since the base was loaded or installed.
-    pub(crate) fn overlay_is_empty(&self) -> bool {
-        self.overlay.is_empty()
-    }
-
     /// The segments the base covers.
     pub(crate) fn base_segments(&self) -> &[SegId] {
         self.base.segments()
