@@ -8,10 +8,27 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 
+/// The group-commit state, under one lock.
+#[derive(Default)]
+struct Group {
+    /// Whether a caller is fsyncing the log now (the group's leader).
+    leading: bool,
+    /// Callers waiting for the leader's fsync.
+    waiting: u64,
+    /// Callers the last fsync covered (its waiters and leader): about as
+    /// many will be back with their next write.
+    covered: u64,
+    /// `arrivals` when the last fsync ended.
+    arrivals_at_end: u64,
+}
+
+/// The longest a leader waits for the writers of the last group to append
+/// again before it fsyncs.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(100);
+
 #[derive(Default)]
 pub(crate) struct Durability {
-    /// Whether a caller is fsyncing the log now (the group's leader).
-    syncing: Mutex<bool>,
+    group: Mutex<Group>,
     /// Signalled when a leader's fsync ends.
     synced: Condvar,
     /// Calls of `sync_to` that found their bytes not yet synced.
@@ -93,40 +110,50 @@ impl Durability {
             return Ok(());
         }
         self.arrivals.fetch_add(1, Ordering::AcqRel);
-        let mut syncing = self.syncing.lock();
+        let mut group = self.group.lock();
         loop {
             if self.synced_lsn.load(Ordering::Acquire) >= lsn {
                 return Ok(());
             }
             self.check_writable()?;
-            if !*syncing {
+            if !group.leading {
                 break;
             }
-            self.synced.wait(&mut syncing);
+            group.waiting += 1;
+            self.synced.wait(&mut group);
+            group.waiting -= 1;
         }
-        *syncing = true;
-        drop(syncing);
+        group.leading = true;
+        let (expect, since) = (group.covered, group.arrivals_at_end);
+        drop(group);
         // Clears the leader flag and wakes the waiters however this ends
         // (an error or a panic in the fsync included).
         struct Lead<'a>(&'a Durability);
         impl Drop for Lead<'_> {
             fn drop(&mut self) {
-                *self.0.syncing.lock() = false;
+                let mut g = self.0.group.lock();
+                g.leading = false;
+                g.arrivals_at_end = self.0.arrivals.load(Ordering::Acquire);
+                drop(g);
                 self.0.synced.notify_all();
             }
         }
         let _lead = Lead(self);
-        // Writers woken by the last fsync are usually a moment from
-        // appending: while more keep arriving (a few rounds at most), let
-        // them, so this fsync covers them too. Alone, this is one yield.
-        for _ in 0..8 {
-            let seen = self.arrivals.load(Ordering::Acquire);
+        // The writers the last fsync covered are usually a moment from
+        // appending again: wait (briefly) until about as many have arrived,
+        // so this fsync covers them too instead of splitting the writers
+        // into two groups that take turns. Alone, this waits for nobody.
+        let gather_until = std::time::Instant::now() + GATHER;
+        while self.arrivals.load(Ordering::Acquire).saturating_sub(since) < expect
+            && std::time::Instant::now() < gather_until
+        {
             std::thread::yield_now();
-            if self.arrivals.load(Ordering::Acquire) == seen {
-                break;
-            }
         }
         let (target, fsync) = current();
+        {
+            let mut g = self.group.lock();
+            g.covered = g.waiting + 1;
+        }
         if let Err(e) = fsync() {
             self.poison(&e);
             return Err(e);
