@@ -15,11 +15,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::procs::{self, Server};
+use crate::workloads::Latency;
 
 #[derive(clap::Args, Debug)]
 pub struct LockArgs {
@@ -38,15 +39,8 @@ pub struct LockArgs {
     /// The engine `latchkey serve` runs on.
     #[arg(long, default_value = "hash")]
     pub engine: String,
-    /// The latchkey binary (default: the one beside this executable).
-    #[arg(long)]
-    pub latchkey: Option<PathBuf>,
-    /// Where the servers keep their data (default: the system's temporary directory).
-    #[arg(long)]
-    pub work_dir: Option<PathBuf>,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: procs::Common,
 }
 
 /// One connection's way to take and give back the lock.
@@ -121,25 +115,6 @@ impl System for Latchkey {
     }
 }
 
-/// Latencies in nanoseconds (3 significant figures), reported in ms.
-struct Hist(hdrhistogram::Histogram<u64>);
-
-impl Hist {
-    fn new() -> Hist {
-        Hist(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds"))
-    }
-    fn record(&mut self, d: Duration) {
-        self.0.saturating_record(d.as_nanos().max(1) as u64);
-    }
-    fn ms(&self, q: f64) -> f64 {
-        if self.0.is_empty() {
-            f64::NAN
-        } else {
-            self.0.value_at_quantile(q) as f64 / 1e6
-        }
-    }
-}
-
 /// What one system measured.
 struct Figures {
     name: String,
@@ -158,7 +133,7 @@ fn measure(name: &str, sys: &dyn System, args: &LockArgs) -> Result<Figures, Str
     let lock = format!("bench-lock-{}", std::process::id());
     // Uncontended.
     let mut c = sys.client(0)?;
-    let mut cycle = Hist::new();
+    let mut cycle = Latency::new();
     let started = Instant::now();
     for _ in 0..args.cycles {
         if started.elapsed() > Duration::from_secs(120) {
@@ -174,14 +149,14 @@ fn measure(name: &str, sys: &dyn System, args: &LockArgs) -> Result<Figures, Str
     // Contended.
     let clients: Vec<Box<dyn LockClient>> = (0..args.clients).map(|i| sys.client(i + 1)).collect::<Result<_, _>>()?;
     let last_release: Mutex<Option<Instant>> = Mutex::new(None);
-    let merged = Mutex::new((Hist::new(), Hist::new(), Vec::new(), None::<String>));
+    let merged = Mutex::new((Latency::new(), Latency::new(), Vec::new(), None::<String>));
     let stop_at = Instant::now() + Duration::from_secs(args.secs);
     let t = Instant::now();
     std::thread::scope(|s| {
         for mut c in clients {
             let (lock, last_release, merged) = (&lock, &last_release, &merged);
             s.spawn(move || {
-                let (mut wait, mut handoff, mut n) = (Hist::new(), Hist::new(), 0u64);
+                let (mut wait, mut handoff, mut n) = (Latency::new(), Latency::new(), 0u64);
                 let mut failure = None;
                 while Instant::now() < stop_at {
                     let asked = Instant::now();
@@ -235,10 +210,7 @@ fn measure(name: &str, sys: &dyn System, args: &LockArgs) -> Result<Figures, Str
 }
 
 pub fn run(args: &LockArgs) -> Result<(), String> {
-    let base = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-bench-locks-{}", std::process::id())));
+    let base = args.common.base("locks");
     let result = run_in(args, &base);
     let _ = std::fs::remove_dir_all(&base);
     result
@@ -249,7 +221,7 @@ fn run_in(args: &LockArgs, base: &Path) -> Result<(), String> {
     for system in &args.systems {
         let figures = match system.as_str() {
             "latchkey" => {
-                let bin = procs::latchkey_binary(args.latchkey.as_deref())?;
+                let bin = procs::latchkey_binary(args.common.latchkey.as_deref())?;
                 // Default sync policy (always); lock grants are fsynced whatever it is.
                 let dir = procs::server_dir(base, "latchkey")?;
                 let port = procs::free_port()?;
@@ -310,7 +282,7 @@ fn run_in(args: &LockArgs, base: &Path) -> Result<(), String> {
     for f in &all {
         println!("  {:<22}{:?}", f.name, f.counts);
     }
-    if let Some(path) = &args.json {
+    if args.common.json.is_some() {
         let doc: serde_json::Map<String, serde_json::Value> = all
             .iter()
             .map(|f| {
@@ -327,8 +299,7 @@ fn run_in(args: &LockArgs, base: &Path) -> Result<(), String> {
             .collect();
         let doc =
             serde_json::json!({"cycles": args.cycles, "clients": args.clients, "secs": args.secs, "systems": doc});
-        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("results serialise"))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        args.common.write_json(&doc)?;
     }
     Ok(())
 }

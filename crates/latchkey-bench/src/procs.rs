@@ -8,6 +8,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What every server benchmark (`server`, `locks`) is told besides its own settings.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Common {
+    /// The latchkey binary (default: the one beside this executable).
+    #[arg(long)]
+    pub latchkey: Option<PathBuf>,
+    /// Where the servers keep their data (default: the system's temporary directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl Common {
+    /// The directory the servers of benchmark `what` keep their data under.
+    pub fn base(&self, what: &str) -> PathBuf {
+        let fresh = || std::env::temp_dir().join(format!("latchkey-bench-{what}-{}", std::process::id()));
+        self.work_dir.clone().unwrap_or_else(fresh)
+    }
+
+    /// Writes `doc` to the `--json` file, if one was given.
+    pub fn write_json(&self, doc: &serde_json::Value) -> Result<(), String> {
+        let Some(path) = &self.json else { return Ok(()) };
+        std::fs::write(path, serde_json::to_string_pretty(doc).expect("results serialise"))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
 /// A free loopback port (bound and released; the server binds it next).
 pub fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free loopback port: {e}"))?;

@@ -4,7 +4,7 @@
 //! `redis-benchmark -t set,get,incr -n N -r 100000 -d 100 -c 50` with
 //! `-P 1` and `-P 16`; requests per second side by side with ratios.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::procs::{self, Server};
@@ -23,15 +23,8 @@ pub struct ServerArgs {
     /// Pipeline depths to run (redis-benchmark -P), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub pipelines: Vec<u32>,
-    /// The latchkey binary (default: the one beside this executable).
-    #[arg(long)]
-    pub latchkey: Option<PathBuf>,
-    /// Where the servers keep their data (default: the system's temporary directory).
-    #[arg(long)]
-    pub work_dir: Option<PathBuf>,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: procs::Common,
 }
 
 const TESTS: &[&str] = &["SET", "GET", "INCR"];
@@ -120,11 +113,8 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
     if !procs::on_path("redis-benchmark") {
         return Err("redis-benchmark is not installed (Debian: apt-get install redis-tools)".into());
     }
-    let bin = procs::latchkey_binary(args.latchkey.as_deref())?;
-    let base = args
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-bench-server-{}", std::process::id())));
+    let bin = procs::latchkey_binary(args.common.latchkey.as_deref())?;
+    let base = args.common.base("server");
     let result = run_in(args, &bin, &base);
     let _ = std::fs::remove_dir_all(&base);
     result
@@ -179,7 +169,7 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
         print!("{:>16}", format!("{:.1}s/{:.0}MiB", f.server_cpu_secs, f.server_peak_rss_mib));
     }
     println!("  (server CPU seconds over every test / peak RSS)");
-    if let Some(path) = &args.json {
+    if args.common.json.is_some() {
         let servers: serde_json::Map<String, serde_json::Value> = all
             .iter()
             .map(|f| {
@@ -196,8 +186,7 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
             })
             .collect();
         let doc = serde_json::json!({"requests": args.requests, "clients": args.clients, "servers": servers});
-        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("results serialise"))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        args.common.write_json(&doc)?;
     }
     Ok(())
 }

@@ -160,22 +160,32 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
-/// Latencies of single operations (recorded in nanoseconds, 3 significant
-/// figures; reported in microseconds).
-struct Latency(hdrhistogram::Histogram<u64>);
+/// Latencies of single operations, recorded in nanoseconds (3 significant
+/// figures, up to 10 minutes).
+pub(crate) struct Latency(pub(crate) hdrhistogram::Histogram<u64>);
 
 impl Latency {
-    fn new() -> Self {
-        Latency(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds"))
+    pub(crate) fn new() -> Self {
+        Latency(hdrhistogram::Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds"))
     }
 
-    fn record(&mut self, d: Duration) {
+    pub(crate) fn record(&mut self, d: Duration) {
         self.0.saturating_record(d.as_nanos().max(1) as u64);
     }
 
+    /// The `q` quantile in milliseconds (NaN if nothing was recorded).
+    pub(crate) fn ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            f64::NAN
+        } else {
+            self.0.value_at_quantile(q) as f64 / 1e6
+        }
+    }
+
+    /// p50 and p99 rows, in microseconds.
     fn rows(&self, name: &str, out: &mut Vec<Row>) {
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
-            out.push(Row::new(format!("{name} {label}"), self.0.value_at_quantile(q) as f64 / 1000.0, "us"));
+            out.push(Row::new(format!("{name} {label}"), self.ms(q) * 1000.0, "us"));
         }
     }
 }

@@ -70,9 +70,11 @@ fn the_lock_benchmark_measures_latchkey() {
         secs: 1,
         systems: vec!["latchkey".into()],
         engine: "btree".into(),
-        latchkey: Some(env!("CARGO_BIN_EXE_latchkey").into()),
-        work_dir: Some(tmp.path().join("work")),
-        json: Some(out_json.clone()),
+        common: latchkey_bench::procs::Common {
+            latchkey: Some(env!("CARGO_BIN_EXE_latchkey").into()),
+            work_dir: Some(tmp.path().join("work")),
+            json: Some(out_json.clone()),
+        },
     };
     latchkey_bench::locks::run(&args).unwrap();
     let f = &json(&out_json)["systems"]["latchkey-btree"];
@@ -103,9 +105,11 @@ fn the_server_benchmark_runs_beside_redis() {
         clients: 10,
         engines: vec!["hash".into(), "btree".into()],
         pipelines: vec![1, 16],
-        latchkey: Some(env!("CARGO_BIN_EXE_latchkey").into()),
-        work_dir: Some(tmp.path().join("work")),
-        json: Some(out_json.clone()),
+        common: latchkey_bench::procs::Common {
+            latchkey: Some(env!("CARGO_BIN_EXE_latchkey").into()),
+            work_dir: Some(tmp.path().join("work")),
+            json: Some(out_json.clone()),
+        },
     };
     latchkey_bench::server::run(&args).unwrap();
     let doc = json(&out_json);
