@@ -228,7 +228,7 @@ pub fn work(args: &WorkerArgs) -> Result<Measured, String> {
     // Opens the filled store; for every workload but fillseq, fillrandom
     // and reopen this is not part of what is measured.
     let open = || adapters::open(engine, path);
-    let (cpu0, started);
+    let cpu0;
     match w {
         "fillseq" | "fillrandom" => {
             let order: Vec<u64> = if w == "fillseq" { (0..n).collect() } else { shuffled(n) };
@@ -236,7 +236,8 @@ pub fn work(args: &WorkerArgs) -> Result<Measured, String> {
             std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let db = open()?;
             let pb = bar(engine, w, n);
-            (cpu0, started) = (rusage().0, Instant::now());
+            cpu0 = rusage().0;
+            let started = Instant::now();
             for chunk in order.chunks(1000) {
                 let batch: Vec<([u8; 16], [u8; VALUE_LEN])> = chunk
                     .iter()
@@ -250,14 +251,15 @@ pub fn work(args: &WorkerArgs) -> Result<Measured, String> {
             rows.push(Row::new(w, per_sec(n, started.elapsed()), "ops/s"));
         }
         "reopen" => {
-            (cpu0, started) = (rusage().0, Instant::now());
+            cpu0 = rusage().0;
+            let started = Instant::now();
             let db = open()?;
             rows.push(Row::new(w, started.elapsed().as_secs_f64() * 1e3, "ms"));
             drop(db);
         }
         _ => {
             let db = open()?;
-            (cpu0, started) = (rusage().0, Instant::now());
+            cpu0 = rusage().0;
             measure(engine, w, &db, n, args.mixed_secs, &mut rng, &mut rows)?;
             if w == "space" {
                 // Live data: every key in the store (those of the earlier
@@ -269,7 +271,6 @@ pub fn work(args: &WorkerArgs) -> Result<Measured, String> {
             }
         }
     }
-    let _ = started;
     let (cpu1, rss) = rusage();
     Ok(Measured { workload: w.to_string(), rows, cpu_secs: cpu1 - cpu0, peak_rss_mib: rss })
 }
