@@ -72,7 +72,7 @@ pub(crate) struct Inner {
     writer: Mutex<Writer>,
     durability: Durability,
     merge_lock: Mutex<()>,
-    /// Blocks of sealed segments (`Options::block_cache_size` bytes).
+    /// Cached segment blocks (`Options::block_cache_size` bytes): see [`Segment`].
     cache: Arc<segment::SegmentCache>,
     counters: Counters,
     /// Bytes of expired records the keydir still points at, as of the last
