@@ -1,5 +1,5 @@
 //! Append-only log files: a 16-byte file header followed by records of the
-//! [`codec`](crate::codec). One writer appends; a reader walks the records,
+//! [`codec`]. One writer appends; a reader walks the records,
 //! groups batches, cuts off a write torn at the tail of the newest log, and
 //! reports damage anywhere else with the file and offset.
 
