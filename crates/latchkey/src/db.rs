@@ -151,7 +151,8 @@ pub(crate) trait Store: Send + Sync {
     fn close(&self) -> Result<()>;
     /// Stops like a killed process: no sync, no checkpoint, nothing written.
     fn crash(&self);
-    fn active_log(&self) -> Option<PathBuf>;
+    /// The log new writes go to, and where its records end.
+    fn active_log(&self) -> Option<(PathBuf, u64)>;
 }
 
 /// A latchkey database: a directory of files owned by one process.
@@ -447,6 +448,13 @@ impl Db {
     /// The log file that new writes go to (for crash tests and tools).
     #[doc(hidden)]
     pub fn active_log_path(&self) -> Option<PathBuf> {
+        self.store.active_log().map(|(path, _)| path)
+    }
+
+    /// The log file that new writes go to and where its records end: the
+    /// file may be longer (preallocated space). For crash tests.
+    #[doc(hidden)]
+    pub fn active_log_end(&self) -> Option<(PathBuf, u64)> {
         self.store.active_log()
     }
 }

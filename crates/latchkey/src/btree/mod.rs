@@ -255,7 +255,9 @@ impl Store for BtreeStore {
             || self.background.stop(|| inner.wake()),
             || {
                 let mut w = inner.writer.lock();
-                inner.checkpoint(&mut w)
+                inner.checkpoint(&mut w)?;
+                // A clean close leaves no preallocated space behind.
+                w.wal.seal()
             },
         )
     }
@@ -265,8 +267,9 @@ impl Store for BtreeStore {
         let _ = inner.durability.close(|| self.background.stop(|| inner.wake()), || Ok(()));
     }
 
-    fn active_log(&self) -> Option<PathBuf> {
-        Some(self.inner.dir.join(wal_name(self.inner.writer.lock().wal_id)))
+    fn active_log(&self) -> Option<(PathBuf, u64)> {
+        let w = self.inner.writer.lock();
+        Some((w.wal.file().path().to_owned(), w.wal.len()))
     }
 }
 
@@ -410,7 +413,7 @@ impl Inner {
         if path.exists() {
             crate::fs::remove_file(&path)?;
         }
-        let mut wal = LogWriter::create(&path, FileKind::Wal)?;
+        let mut wal = LogWriter::create(&path, FileKind::Wal)?.preallocate();
         let mut rec = Vec::new();
         Record { kind: Kind::Meta, seq: w.meta.seq, expires_at: 0, key: CHECKPOINT_KEY, value: &meta_page }
             .encode_into(&mut rec);
@@ -617,7 +620,7 @@ pub(crate) fn read_log(dir: &Path, id: u64) -> Result<LogContents> {
         checkpoint: None,
         images: Vec::new(),
         batches: Vec::new(),
-        end: log::ScanEnd { valid_len: 0, file_len: 0, headerless: true },
+        end: log::ScanEnd { valid_len: 0, file_len: 0, data_end: 0, headerless: true },
         records: 0,
     };
     let mut first = true;
@@ -779,7 +782,7 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
     }
     let (wal, wal_id, batches) = match contents {
         Some(c) => {
-            let wal = LogWriter::reopen(&dir.join(wal_name(wal_id)), c.end.valid_len)?;
+            let wal = LogWriter::reopen(&dir.join(wal_name(wal_id)), c.end.valid_len)?.preallocate();
             (wal, wal_id, c.batches)
         }
         None => {
@@ -788,7 +791,7 @@ fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
             if path.exists() {
                 crate::fs::remove_file(&path)?;
             }
-            let mut wal = LogWriter::create(&path, FileKind::Wal)?;
+            let mut wal = LogWriter::create(&path, FileKind::Wal)?.preallocate();
             let mut rec = Vec::new();
             let meta = Meta { wal: id, ..meta };
             Record { kind: Kind::Meta, seq: meta.seq, expires_at: 0, key: CHECKPOINT_KEY, value: &meta.page() }

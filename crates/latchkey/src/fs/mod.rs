@@ -81,6 +81,17 @@ impl File {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
+    /// Flushes the file's data and all its metadata (its length after a
+    /// truncation) to stable storage.
+    pub fn sync_all(&self) -> Result<()> {
+        if faults::active() {
+            if let Some(e) = faults::before_sync(&self.path, &self.file) {
+                return Err(Error::io(&self.path, e));
+            }
+        }
+        self.file.sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+
     /// The file's current length.
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> Result<u64> {

@@ -175,6 +175,8 @@ impl Store for HashStore {
             || self.background.stop(|| {}),
             || {
                 self.inner.sync_all()?;
+                // A clean close leaves no preallocated space behind.
+                self.inner.writer.lock().log.seal()?;
                 // Only a speed-up for the next open: if it cannot be
                 // written, startup reads the segments instead.
                 if let Err(e) = self.inner.write_close_table() {
@@ -189,8 +191,9 @@ impl Store for HashStore {
         let _ = self.inner.durability.close(|| self.background.stop(|| {}), || Ok(()));
     }
 
-    fn active_log(&self) -> Option<PathBuf> {
-        Some(self.inner.writer.lock().active.path().to_owned())
+    fn active_log(&self) -> Option<(PathBuf, u64)> {
+        let w = self.inner.writer.lock();
+        Some((w.log.file().path().to_owned(), w.log.len()))
     }
 }
 
@@ -333,9 +336,10 @@ impl Inner {
         Ok(())
     }
 
-    /// Seals the active segment (synced) and starts the next generation's.
+    /// Seals the active segment (synced, cut to its records) and starts
+    /// the next generation's.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
-        if let Err(e) = w.log.sync() {
+        if let Err(e) = w.log.seal() {
             self.durability.poison(&e);
             return Err(e);
         }
@@ -343,7 +347,7 @@ impl Inner {
         w.active.seal();
         let generation = w.generation + 1;
         let id = segment::active_id(generation);
-        let log = LogWriter::create(&segment::data_path(&self.dir, id), FileKind::Data)?;
+        let log = LogWriter::create(&segment::data_path(&self.dir, id), FileKind::Data)?.preallocate();
         crate::fs::sync_dir(&self.dir)?;
         let active = Arc::new(Segment::open(&self.dir, id)?);
         self.segments.write().insert(id, Arc::clone(&active));

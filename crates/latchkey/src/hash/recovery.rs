@@ -76,12 +76,13 @@ pub(super) fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
             } else {
                 LogWriter::reopen(&path, end.valid_len)?
             };
+            let log = log.preallocate();
             (log, id >> 32)
         }
         _ => {
             let generation = ids.last().map_or(1, |id| (id >> 32) + 1);
             let path = segment::data_path(dir, segment::active_id(generation));
-            let log = LogWriter::create(&path, FileKind::Data)?;
+            let log = LogWriter::create(&path, FileKind::Data)?.preallocate();
             crate::fs::sync_dir(dir)?;
             (log, generation)
         }

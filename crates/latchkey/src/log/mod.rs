@@ -66,11 +66,28 @@ fn check_file_header(path: &Path, h: &[u8; 16], kind: FileKind) -> Result<()> {
 }
 
 /// Appends records to one log file.
+///
+/// A writer made with [`LogWriter::preallocate`] grows its file ahead of
+/// the records in steps of [`PREALLOC_STEP`] (a sparse extension, as
+/// `set_len` makes it), so most appends overwrite space the file already
+/// has and their `fdatasync` has no file size to commit: on ext4 that is a
+/// data write and a cache flush instead of a journal commit as well. The
+/// file is always allocated *past* its last record, never exactly to it,
+/// so a write torn inside preallocated space (a record's prefix, then
+/// zeroes) is told apart from a whole record damaged at the end of a file
+/// (see [`scan`]). [`LogWriter::seal`] cuts the zero tail off again.
 #[derive(Debug)]
 pub struct LogWriter {
     file: File,
     len: u64,
+    /// Bytes the file has (its length); `len` or more.
+    allocated: u64,
+    /// Whether to grow the file ahead of appends.
+    preallocate: bool,
 }
+
+/// How far ahead a preallocating [`LogWriter`] grows its file.
+pub const PREALLOC_STEP: u64 = 1 << 20;
 
 impl LogWriter {
     /// Creates a new log file with its header, made durable before return
@@ -79,7 +96,7 @@ impl LogWriter {
         let file = File::create_new(path)?;
         file.write_all_at(&file_header(kind), 0)?;
         file.sync_data()?;
-        Ok(LogWriter { file, len: FILE_HEADER_LEN })
+        Ok(LogWriter { file, len: FILE_HEADER_LEN, allocated: FILE_HEADER_LEN, preallocate: false })
     }
 
     /// Continues an existing log whose valid records end at `len` (anything
@@ -88,16 +105,32 @@ impl LogWriter {
         let file = File::open_rw(path)?;
         if file.len()? != len {
             file.set_len(len)?;
-            file.sync_data()?;
+            file.sync_all()?;
         }
-        Ok(LogWriter { file, len })
+        Ok(LogWriter { file, len, allocated: len, preallocate: false })
+    }
+
+    /// Makes later appends grow the file ahead of them (see the type's
+    /// documentation). For the logs that take durable single writes: the
+    /// newest `hash` segment and the write-ahead logs.
+    pub fn preallocate(mut self) -> LogWriter {
+        self.preallocate = true;
+        self
     }
 
     /// Appends `buf` (whole encoded records) and returns the offset it starts at.
     pub fn append(&mut self, buf: &[u8]) -> Result<u64> {
         let at = self.len;
+        let end = at + buf.len() as u64;
+        if self.preallocate && end >= self.allocated {
+            // Strictly past `end`: the file never ends exactly at a record.
+            let grown = (end / PREALLOC_STEP + 1) * PREALLOC_STEP;
+            self.file.set_len(grown)?;
+            self.allocated = grown;
+        }
         self.file.write_all_at(buf, at)?;
-        self.len += buf.len() as u64;
+        self.len = end;
+        self.allocated = self.allocated.max(end);
         Ok(at)
     }
 
@@ -106,7 +139,20 @@ impl LogWriter {
         self.file.sync_data()
     }
 
-    /// Bytes in the file, header included.
+    /// Makes everything appended so far durable and cuts the file to its
+    /// records: for a log that will not be appended to again (it becomes a
+    /// sealed log, scanned strictly) or before a clean close.
+    pub fn seal(&mut self) -> Result<()> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.allocated = self.len;
+            self.file.sync_all()
+        } else {
+            self.file.sync_data()
+        }
+    }
+
+    /// Bytes of records in the file, header included.
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -144,14 +190,18 @@ pub struct ScanEnd {
     pub valid_len: u64,
     /// The length of the file as found.
     pub file_len: u64,
+    /// Where the written bytes end: the zeroes of preallocated space after
+    /// it (to `file_len`) were never written.
+    pub data_end: u64,
     /// True if the file had no header yet (created but never written).
     pub headerless: bool,
 }
 
 impl ScanEnd {
-    /// Bytes of torn write after the valid records.
+    /// Bytes of torn write after the valid records (not counting the
+    /// never-written zeroes of preallocated space).
     pub fn torn_bytes(&self) -> u64 {
-        self.file_len - self.valid_len
+        self.data_end - self.valid_len
     }
 }
 
@@ -178,7 +228,7 @@ pub fn scan(
     let file_len = file.len()?;
     if file_len < FILE_HEADER_LEN {
         if mode == TailMode::Newest && is_blank_or_header_prefix(&file, file_len, kind)? {
-            return Ok(ScanEnd { valid_len: 0, file_len, headerless: true });
+            return Ok(ScanEnd { valid_len: 0, file_len, data_end: file_len, headerless: true });
         }
         return Err(Error::corruption(path, 0, "file is shorter than its header"));
     }
@@ -235,7 +285,7 @@ pub fn scan(
     if let Some(b) = batch {
         return tail_fault(&file, pos, b.offset, file_len, mode, DecodeError::Incomplete { needed: None });
     }
-    Ok(ScanEnd { valid_len: pos, file_len, headerless: false })
+    Ok(ScanEnd { valid_len: pos, file_len, data_end: file_len, headerless: false })
 }
 
 struct PendingBatch {
@@ -273,31 +323,54 @@ fn read_record(
 }
 
 /// Decides whether a fault at `pos` is a torn write (returns where the log
-/// is valid up to) or damage (returns the error).
+/// is valid up to) or damage (returns the error). `valid` is where the last
+/// whole record or batch before `pos` ends.
 ///
 /// A torn write can only leave the file *shorter* than the write meant, or
-/// with zeroes where data never landed. So the fault is torn only when, in
-/// the newest log, nothing after `pos` is a whole record and the bytes from
-/// `pos` are not a whole record with a damaged length or checksum.
+/// with zeroes where data never landed (in preallocated space, everything
+/// past the last append is zeroes). So in the newest log the fault is torn
+/// when the bytes from `pos` are all zeroes, or when they are the start of
+/// one record that never landed whole and nothing after them is a whole
+/// record. A record landed whole when its claimed end lies inside the
+/// written bytes, or when the file ends exactly where the record does (a
+/// preallocated file never does). A sealed log has no torn writes.
 fn tail_fault(file: &File, pos: u64, valid: u64, file_len: u64, mode: TailMode, e: DecodeError) -> Result<ScanEnd> {
     let damage = || Error::corruption(file.path(), pos, e.to_string());
-    if mode == TailMode::Sealed {
+    if mode == TailMode::Sealed || matches!(e, DecodeError::Malformed(_)) {
         return Err(damage());
     }
     let mut rest = vec![0u8; (file_len - pos) as usize];
     file.read_exact_at(&mut rest, pos)?;
-    let zeroes = rest.iter().all(|&b| b == 0);
-    let whole_but_damaged = !matches!(e, DecodeError::Incomplete { .. }) || codec::valid_with_length(&rest);
-    if !zeroes && (whole_but_damaged || (1..rest.len()).any(|i| codec::decode(&rest[i..]).is_ok())) {
-        return Err(damage());
+    // The bytes that were ever written end at the last non-zero one.
+    let written = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if written > 0 {
+        // Where the record at `pos` says it ends (a header with an
+        // impossible length claims no body).
+        let claimed = match rest.first_chunk::<HEADER_LEN>() {
+            None => usize::MAX,
+            Some(h) => codec::body_len(h).map_or(HEADER_LEN, |body| HEADER_LEN + body),
+        };
+        let landed_whole = claimed <= written || claimed == rest.len();
+        // A damaged length field on a record that is otherwise whole (its
+        // true end is where the file, or the written bytes, end; a record
+        // may end in a few zero bytes of its own).
+        let damaged_length = codec::valid_with_length(&rest)
+            || (written..=rest.len().min(written + 32)).any(|k| codec::valid_with_length(&rest[..k]));
+        let later_record = (1..written).any(|i| codec::decode(&rest[i..]).is_ok());
+        if landed_whole || damaged_length || later_record {
+            return Err(damage());
+        }
     }
-    tracing::warn!(
-        file = %file.path().display(),
-        offset = valid,
-        bytes = file_len - valid,
-        "cutting off a torn write at the end of the newest log"
-    );
-    Ok(ScanEnd { valid_len: valid, file_len, headerless: false })
+    let data_end = pos + written as u64;
+    if data_end > valid {
+        tracing::warn!(
+            file = %file.path().display(),
+            offset = valid,
+            bytes = data_end - valid,
+            "cutting off a torn write at the end of the newest log"
+        );
+    }
+    Ok(ScanEnd { valid_len: valid, file_len, data_end, headerless: false })
 }
 
 /// A file shorter than a header is a crash artefact only if it is a prefix
@@ -306,4 +379,92 @@ fn is_blank_or_header_prefix(file: &File, len: u64, kind: FileKind) -> Result<bo
     let mut b = vec![0u8; len as usize];
     file.read_exact_at(&mut b, 0)?;
     Ok(file_header(kind).starts_with(&b) || b.iter().all(|&x| x == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn record(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        Record { kind: Kind::Put, seq: 1, expires_at: 0, key, value }.encode_into(&mut out);
+        out
+    }
+
+    fn keys(path: &Path, mode: TailMode) -> Result<(Vec<Vec<u8>>, ScanEnd)> {
+        let mut keys = Vec::new();
+        let end = scan(path, FileKind::Wal, mode, |f| {
+            keys.push(f.record.key.to_vec());
+            Ok(())
+        })?;
+        Ok((keys, end))
+    }
+
+    /// A preallocating writer leaves zeroes after its records until it is
+    /// sealed; the newest log reads them as unused space, a sealed one as
+    /// damage, and sealing cuts them off.
+    #[test]
+    fn preallocated_space_is_read_as_unused_and_cut_at_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wal");
+        let mut w = LogWriter::create(&path, FileKind::Wal).unwrap().preallocate();
+        w.append(&record(b"k1", b"one")).unwrap();
+        w.append(&record(b"k2", b"two")).unwrap();
+        w.sync().unwrap();
+        let file_len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(file_len, PREALLOC_STEP, "grown ahead of the records");
+        let (got, end) = keys(&path, TailMode::Newest).unwrap();
+        assert_eq!(got, [b"k1".to_vec(), b"k2".to_vec()]);
+        assert_eq!((end.valid_len, end.torn_bytes(), end.file_len), (w.len(), 0, file_len));
+        assert!(keys(&path, TailMode::Sealed).is_err(), "a sealed log has no zero tail");
+        w.seal().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), w.len());
+        assert_eq!(keys(&path, TailMode::Sealed).unwrap().0.len(), 2);
+    }
+
+    /// An append that ends exactly at the preallocated end grows the file
+    /// again: the file never ends exactly where a record does.
+    #[test]
+    fn the_file_always_extends_past_the_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wal");
+        let mut w = LogWriter::create(&path, FileKind::Wal).unwrap().preallocate();
+        let rec = record(b"k", b"v");
+        let fill = (PREALLOC_STEP - FILE_HEADER_LEN) as usize - rec.len();
+        w.append(&record(b"big", &vec![1u8; fill - 29 - 3])).unwrap();
+        assert_eq!(w.len() + rec.len() as u64, PREALLOC_STEP);
+        w.append(&rec).unwrap();
+        assert_eq!(w.len(), PREALLOC_STEP);
+        assert!(std::fs::metadata(&path).unwrap().len() > w.len());
+    }
+
+    /// The last record of a preallocated newest log, torn (its end zeroes):
+    /// cut off. Whole but damaged (a bit flipped before its last byte): damage.
+    #[test]
+    fn a_torn_last_record_is_cut_and_a_damaged_one_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wal");
+        let mut w = LogWriter::create(&path, FileKind::Wal).unwrap().preallocate();
+        w.append(&record(b"k1", b"one")).unwrap();
+        let last = record(b"k2", &[5u8; 100]);
+        let at = w.append(&last).unwrap();
+        w.sync().unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        for keep in 1..last.len() {
+            file.write_all_at(&last, at).unwrap();
+            file.write_all_at(&vec![0u8; last.len() - keep], at + keep as u64).unwrap();
+            let (got, end) = keys(&path, TailMode::Newest).unwrap();
+            assert_eq!(got, [b"k1".to_vec()], "torn at {keep}");
+            let landed = last[..keep].iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            assert_eq!((end.valid_len, end.torn_bytes()), (at, landed as u64), "torn at {keep}");
+        }
+        for byte in 0..last.len() {
+            let mut bad = last.clone();
+            bad[byte] ^= 0x10;
+            file.write_all_at(&bad, at).unwrap();
+            let err = keys(&path, TailMode::Newest).err().unwrap_or_else(|| panic!("flip in byte {byte} not reported"));
+            assert!(err.is_corruption(), "{err}");
+        }
+    }
 }

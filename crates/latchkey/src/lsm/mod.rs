@@ -233,7 +233,14 @@ impl Store for LsmStore {
 
     fn close(&self) -> Result<()> {
         let inner = &self.inner;
-        let result = inner.durability.close(|| self.background.stop(|| inner.wake()), || inner.sync_all());
+        let result = inner.durability.close(
+            || self.background.stop(|| inner.wake()),
+            || {
+                inner.sync_all()?;
+                // A clean close leaves no preallocated space behind.
+                inner.writer.lock().wal.seal()
+            },
+        );
         inner.wake(); // writers waiting for room see the database closed
         result
     }
@@ -243,9 +250,9 @@ impl Store for LsmStore {
         let _ = inner.durability.close(|| self.background.stop(|| inner.wake()), || Ok(()));
     }
 
-    fn active_log(&self) -> Option<PathBuf> {
-        let wal = self.inner.state.read().active.wal;
-        Some(self.inner.dir.join(wal_name(wal)))
+    fn active_log(&self) -> Option<(PathBuf, u64)> {
+        let w = self.inner.writer.lock();
+        Some((w.wal.file().path().to_owned(), w.wal.len()))
     }
 }
 
@@ -368,16 +375,17 @@ impl Inner {
         Ok(w.lsn)
     }
 
-    /// Seals the active memtable and its log (synced), and starts new ones.
+    /// Seals the active memtable and its log (synced, cut to its records),
+    /// and starts new ones.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
-        if let Err(e) = w.wal.sync() {
+        if let Err(e) = w.wal.seal() {
             self.poison(&e);
             return Err(e);
         }
         self.durability.mark_synced(w.lsn);
         let id = self.next_file.fetch_add(1, Ordering::AcqRel);
         let path = self.dir.join(wal_name(id));
-        let wal = LogWriter::create(&path, FileKind::Wal)?;
+        let wal = LogWriter::create(&path, FileKind::Wal)?.preallocate();
         crate::fs::sync_dir(&self.dir)?;
         w.wal_sync = Arc::new(File::open_read(&path)?);
         w.wal = wal;
@@ -652,7 +660,7 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     // active log (its torn tail cut) and its writes the active memtable.
     if let ([id], Some(end)) = (wals.as_slice(), &last_end) {
         if !end.headerless {
-            let wal = LogWriter::reopen(&dir.join(wal_name(*id)), end.valid_len)?;
+            let wal = LogWriter::reopen(&dir.join(wal_name(*id)), end.valid_len)?.preallocate();
             let mem = mem.with_wal(*id);
             version::write_manifest(dir, &version, next_id, *id)?;
             return Ok(Recovered { version, wal, wal_id: *id, mem, next_id, max_seq, replayed: 1 });
@@ -674,7 +682,7 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
     }
     let wal_id = next_id;
     next_id += 1;
-    let wal = LogWriter::create(&dir.join(wal_name(wal_id)), FileKind::Wal)?;
+    let wal = LogWriter::create(&dir.join(wal_name(wal_id)), FileKind::Wal)?.preallocate();
     crate::fs::sync_dir(dir)?;
     version::write_manifest(dir, &version, next_id, wal_id)?;
     for id in ids_with(dir, ".wal")? {

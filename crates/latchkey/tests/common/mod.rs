@@ -37,6 +37,29 @@ pub fn cut(path: &Path, len: u64) {
     f.set_len(len).unwrap();
 }
 
+/// Tears the write that ended at `end` at `keep`, as a crash would: either
+/// the file is cut at `keep` (`zeroes` false), or it keeps its length and
+/// the bytes from `keep` to `end` are zeroes (a write into preallocated
+/// space that never landed whole). Returns whether that changed the
+/// write: zeroing bytes that were zeroes leaves it whole.
+pub fn tear(path: &Path, keep: u64, end: u64, zeroes: bool) -> bool {
+    if !zeroes {
+        cut(path, keep);
+        return keep < end;
+    }
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut old = vec![0u8; (end - keep) as usize];
+    f.read_exact_at(&mut old, keep).unwrap();
+    f.write_all_at(&vec![0u8; old.len()], keep).unwrap();
+    old.iter().any(|&b| b != 0)
+}
+
+/// The active log of `db` and where its records end.
+pub fn log_end(db: &latchkey::Db) -> (std::path::PathBuf, u64) {
+    db.active_log_end().unwrap()
+}
+
 /// Copies every file of `from` into the (existing) directory `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
