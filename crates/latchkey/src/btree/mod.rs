@@ -9,17 +9,19 @@
 //! - **Buffer pool** ([`pager`]): pages are read into latched frames;
 //!   clean frames are evicted second-chance, dirty ones stay until the next
 //!   checkpoint writes them.
-//! - **Writes**: one writer at a time appends the batch to the log, then
-//!   changes the tree ([`tree`]). The first change to a page after a
-//!   checkpoint logs the page's image as of that checkpoint (its
-//!   *before-image*), so a page write torn by a crash is repaired from the
-//!   log. A batch of several changes is applied while readers wait at a
-//!   gate, so no reader sees half of it.
+//! - **Writes**: one writer at a time changes the tree ([`tree`]), then
+//!   appends the batch to the log. A batch of several changes is applied
+//!   while readers wait at a gate, so no reader sees half of it.
 //! - **Checkpoints** (when the batches logged since the last one reach
-//!   `segment_size`, when dirty pages fill half the pool, and at close): the log is synced, dirty
-//!   pages are written in place and synced, a new log is started whose
-//!   first record is the new meta page, then the meta page is written and
-//!   the old log deleted.
+//!   `segment_size`, when dirty pages fill half the pool, and at close):
+//!   the images of the changed pages as of the last checkpoint (their
+//!   *before-images*, read back from the page file, which still holds
+//!   them) are appended to the log and the log is synced; then dirty pages
+//!   are written in place and synced, so a page write torn by a crash is
+//!   repaired from the log. Then a new log is started whose first record
+//!   is the new meta page, the meta page is written and the old log
+//!   deleted. (Before-images are logged at the checkpoint, not at the
+//!   first change of a page, so a durable write syncs only its batch.)
 //! - **Recovery**: take the newest log that begins with a whole checkpoint
 //!   record; write back its page images (the pages as of that checkpoint,
 //!   whatever a crash did to them) and the meta page; cut the file to the
@@ -79,12 +81,14 @@ pub(crate) struct Writer {
     /// Pages in the file at the last checkpoint: pages from here on are
     /// new and need no before-image.
     ckpt_pages: u32,
-    /// Pages whose before-image is in the log since the last checkpoint.
+    /// Pages whose before-image is in the log since the last checkpoint,
+    /// or in `unimaged`, to be logged at the next one.
     imaged: HashSet<u32>,
+    /// Pages changed since the last checkpoint whose before-image is not
+    /// in the log yet.
+    unimaged: Vec<u32>,
     /// Pages changed since the last checkpoint, pinned in the pool.
     dirty: HashMap<u32, Latch>,
-    /// Before-images not yet appended to the log.
-    images: Vec<u8>,
     /// The batch being applied (stamped on pages as their lsn).
     seq: u64,
     /// Bytes of batches logged since the last checkpoint (what recovery
@@ -155,8 +159,8 @@ impl BtreeStore {
                 meta: r.meta,
                 ckpt_pages: r.meta.page_count,
                 imaged: r.imaged,
+                unimaged: Vec::new(),
                 dirty: HashMap::new(),
-                images: Vec::new(),
                 seq: r.meta.seq,
                 logged: 0,
                 buf: Vec::new(),
@@ -176,7 +180,6 @@ impl BtreeStore {
             let mut w = inner.writer.lock();
             for (seq, ops) in &r.batches {
                 inner.apply(&mut w, *seq, ops)?;
-                inner.flush_images(&mut w)?;
             }
             inner.checkpoint(&mut w)?;
         }
@@ -322,19 +325,21 @@ impl Inner {
         let w = &mut *guard;
         let seq = w.meta.seq + 1;
         batch.encode(seq, &mut w.buf, &mut w.offsets);
-        // The tree first, then one append: the before-images it produced,
-        // then the batch, so the batch's records are the last bytes of the
-        // write (torn anywhere, the batch is wholly absent).
+        // The tree first, then one append of the batch (torn anywhere, the
+        // batch is wholly absent).
         if let Err(e) = self.apply(w, seq, &batch.ops) {
             self.poison(&e);
             return Err(e);
         }
-        let buf = std::mem::take(&mut w.buf);
-        w.images.extend_from_slice(&buf);
-        w.buf = buf;
-        if let Err(e) = self.flush_images(w) {
-            self.poison(&e);
-            return Err(e);
+        match w.wal.append(&w.buf) {
+            Ok(_) => {
+                w.lsn += w.buf.len() as u64;
+                self.counters.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
         }
         let c = &self.counters;
         c.writes.fetch_add(1, Ordering::Relaxed);
@@ -368,23 +373,36 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends what the last change produced: before-images (and, in
-    /// `write`, the batch after them).
-    fn flush_images(&self, w: &mut Writer) -> Result<()> {
-        if w.images.is_empty() {
-            return Ok(());
+    /// Appends the before-images of the pages changed since the last
+    /// checkpoint that the log does not hold yet: each page as the page
+    /// file holds it, which is as of the last checkpoint (dirty pages stay
+    /// in the pool until the next one writes them).
+    fn log_images(&self, w: &mut Writer) -> Result<()> {
+        let ps = self.limits.page_size;
+        let mut page = vec![0u8; ps];
+        let mut out = Vec::with_capacity(1 << 20);
+        let ids = std::mem::take(&mut w.unimaged);
+        for (i, &id) in ids.iter().enumerate() {
+            self.pager.file.read_exact_at(&mut page, id as u64 * ps as u64)?;
+            // A page damaged on disk must not be logged as what to restore.
+            page::verify(&page, id).map_err(|why| self.corrupt(id, why))?;
+            Record { kind: Kind::Meta, seq: id as u64, expires_at: 0, key: IMAGE_KEY, value: &page }
+                .encode_into(&mut out);
+            if out.len() >= 1 << 20 || i + 1 == ids.len() {
+                w.wal.append(&out)?;
+                w.lsn += out.len() as u64;
+                self.counters.disk_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+                out.clear();
+            }
         }
-        w.wal.append(&w.images)?;
-        w.lsn += w.images.len() as u64;
-        self.counters.disk_bytes.fetch_add(w.images.len() as u64, Ordering::Relaxed);
-        w.images.clear();
         Ok(())
     }
 
     /// Writes every dirty page in place and starts a new log.
     fn checkpoint(&self, w: &mut Writer) -> Result<()> {
-        // 1. The log (with every before-image) is durable before any page
-        //    is overwritten.
+        // 1. The log, with the before-image of every page about to be
+        //    overwritten, is durable before any page is.
+        self.log_images(w)?;
         w.wal.sync()?;
         self.durability.mark_synced(w.lsn);
         self.durability.syncs.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,6 @@ use parking_lot::RawRwLock;
 use super::page::{self, LeafCell, Node, PageType, Val};
 use super::pager::WriteGuard;
 use super::{Inner, Writer};
-use crate::codec::{Kind, Record};
 use crate::error::{Error, Result};
 
 /// The write latches a change holds: the root pointer (while the root may
@@ -37,18 +36,17 @@ enum Mode {
 }
 
 impl Inner {
-    fn corrupt(&self, id: u32, reason: impl Into<String>) -> Error {
+    pub(super) fn corrupt(&self, id: u32, reason: impl Into<String>) -> Error {
         page::damaged(self.pager.path(), id, self.limits.page_size, format!("page {id}: {}", reason.into()))
     }
 
     /// Records that the writer is about to change page `g`: the page's
-    /// image as of the last checkpoint goes to the log first (once per
-    /// checkpoint), and the page stays pinned in memory until the next one.
+    /// image as of the last checkpoint goes to the log at the next
+    /// checkpoint (once), and the page stays pinned in memory until then.
     pub(super) fn touch(&self, w: &mut Writer, g: &mut WriteGuard) {
         let id = page::page_id(g);
         if id < w.ckpt_pages && w.imaged.insert(id) {
-            Record { kind: Kind::Meta, seq: id as u64, expires_at: 0, key: super::IMAGE_KEY, value: g }
-                .encode_into(&mut w.images);
+            w.unimaged.push(id);
         }
         w.dirty.entry(id).or_insert_with(|| Arc::clone(ArcRwLockWriteGuard::rwlock(g)));
         page::set_lsn(g, w.seq);
