@@ -183,8 +183,75 @@ async fn sync_writes(shared: &Arc<Shared>) -> latchkey::Result<()> {
     tokio::task::spawn_blocking(move || db.sync()).await.unwrap_or(Err(latchkey::Error::Closed))
 }
 
+/// Why [`run_buffered`] stopped.
+enum Next {
+    /// Every whole command that had arrived ran.
+    Drained,
+    /// The replies fill the output buffer: send them, then go on.
+    Full,
+    /// A command to finish off the runtime (it may wait on an fsync).
+    Offload(Box<dyn FnOnce(&Shared) -> cmd::Outcome + Send>),
+    /// A lock acquire queued.
+    Block(cmd::Waiting),
+    /// Send the replies, then close (QUIT, or a protocol error).
+    Close,
+    /// Writes failed: the replies made are void; send this one and close.
+    Failed(Reply),
+}
+
+/// Runs the whole commands in `input`, in order, encoding their replies
+/// into `out`, until one needs the runtime (or the input runs out). Their
+/// writes are staged and written as one batch before it returns (see
+/// [`cmd::Tx`]); `wrote` is set if any command wrote.
+fn run_buffered(
+    shared: &Shared,
+    client: &mut Client,
+    input: &mut BytesMut,
+    out: &mut Vec<u8>,
+    wrote: &mut bool,
+) -> Next {
+    let limits = shared.config.limits;
+    let mut tx = cmd::Tx::new(shared);
+    let next = loop {
+        let (args, used) = match resp::parse(input, &limits) {
+            Ok(x) => x,
+            Err(ParseError::Incomplete) => break Next::Drained,
+            Err(ParseError::Protocol(msg)) => {
+                Reply::err(msg).encode(out, client.resp3);
+                break Next::Close;
+            }
+        };
+        input.advance(used);
+        if args.is_empty() {
+            continue;
+        }
+        match cmd::execute(&mut tx, client, args) {
+            cmd::Outcome::Reply(r) => r.encode(out, client.resp3),
+            cmd::Outcome::Wrote(r) => {
+                *wrote = true;
+                r.encode(out, client.resp3);
+            }
+            cmd::Outcome::Quit(r) => {
+                r.encode(out, client.resp3);
+                break Next::Close;
+            }
+            cmd::Outcome::Offload(work) => break Next::Offload(work),
+            cmd::Outcome::Block(waiting) => break Next::Block(waiting),
+            cmd::Outcome::Failed(r) => break Next::Failed(r),
+        }
+        if out.len() >= 256 * 1024 {
+            break Next::Full;
+        }
+    };
+    match tx.commit_or_fail() {
+        Err(cmd::Outcome::Failed(r)) => Next::Failed(r),
+        _ => next,
+    }
+}
+
 /// Serves one client: reads whatever it sent, runs every whole command in
-/// it, syncs once if any of them wrote, then sends all the replies.
+/// it (their writes go to the store together), syncs once if any of them
+/// wrote, then sends all the replies.
 async fn connection(
     shared: &Arc<Shared>,
     mut socket: TcpStream,
@@ -196,83 +263,94 @@ async fn connection(
     let mut client = Client { id, name: None, resp3: false, authenticated: shared.config.requirepass.is_none() };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
+    let mut wrote = false;
     loop {
-        let mut wrote = false;
-        let mut close = false;
-        loop {
-            let (args, used) = match resp::parse(&input, &limits) {
-                Ok(x) => x,
-                Err(ParseError::Incomplete) => break,
-                Err(ParseError::Protocol(msg)) => {
-                    Reply::err(msg).encode(&mut out, client.resp3);
-                    close = true;
-                    break;
-                }
-            };
-            input.advance(used);
-            if args.is_empty() {
+        let mut outcome = match run_buffered(shared, &mut client, &mut input, &mut out, &mut wrote) {
+            Next::Drained => None,
+            Next::Full => {
+                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
                 continue;
             }
-            let mut outcome = cmd::execute(shared, &mut client, args);
-            if let cmd::Outcome::Offload(work) = outcome {
-                let bg = Arc::clone(shared);
-                outcome = tokio::task::spawn_blocking(move || work(&bg))
-                    .await
-                    .unwrap_or_else(|_| cmd::Outcome::Reply(Reply::err("internal error running the command")));
+            Next::Close => {
+                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                close_politely(socket).await;
+                return Ok(());
             }
-            match outcome {
-                cmd::Outcome::Reply(r) => r.encode(&mut out, client.resp3),
-                cmd::Outcome::Wrote(r) => {
-                    wrote = true;
-                    r.encode(&mut out, client.resp3);
-                }
-                cmd::Outcome::Offload(_) => Reply::err("internal error: nested offload").encode(&mut out, client.resp3),
-                cmd::Outcome::Quit(r) => {
-                    r.encode(&mut out, client.resp3);
-                    close = true;
-                    break;
-                }
-                cmd::Outcome::Block(mut waiting) => {
-                    // Replies so far go out first, as a blocking command's would.
-                    flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
-                    let r = loop {
-                        tokio::select! {
-                            r = &mut waiting.rx => break r,
-                            _ = stop.recv() => {
+            Next::Failed(r) => {
+                out.clear();
+                r.encode(&mut out, client.resp3);
+                socket.write_all(&out).await?;
+                return Err(std::io::Error::other("writes failed"));
+            }
+            Next::Offload(work) => {
+                let bg = Arc::clone(shared);
+                Some(
+                    tokio::task::spawn_blocking(move || work(&bg))
+                        .await
+                        .unwrap_or_else(|_| cmd::Outcome::Reply(Reply::err("internal error running the command"))),
+                )
+            }
+            Next::Block(waiting) => Some(cmd::Outcome::Block(waiting)),
+        };
+        match outcome.take() {
+            None => {}
+            Some(cmd::Outcome::Reply(r)) => {
+                r.encode(&mut out, client.resp3);
+                continue;
+            }
+            Some(cmd::Outcome::Wrote(r)) => {
+                wrote = true;
+                r.encode(&mut out, client.resp3);
+                continue;
+            }
+            Some(cmd::Outcome::Quit(r)) => {
+                r.encode(&mut out, client.resp3);
+                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                close_politely(socket).await;
+                return Ok(());
+            }
+            Some(cmd::Outcome::Failed(r)) => {
+                out.clear();
+                r.encode(&mut out, client.resp3);
+                socket.write_all(&out).await?;
+                return Err(std::io::Error::other("writes failed"));
+            }
+            Some(cmd::Outcome::Offload(_)) => {
+                Reply::err("internal error: nested offload").encode(&mut out, client.resp3);
+                continue;
+            }
+            Some(cmd::Outcome::Block(mut waiting)) => {
+                // Replies so far go out first, as a blocking command's would.
+                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                let r = loop {
+                    tokio::select! {
+                        r = &mut waiting.rx => break r,
+                        _ = stop.recv() => {
+                            abandon(shared, waiting);
+                            return Ok(());
+                        }
+                        // Watch the socket: a client that leaves gives up its place.
+                        n = socket.read_buf(&mut input) => match n {
+                            Ok(n) if n > 0 && input.len() <= limits.max_bulk + 64 * 1024 => continue,
+                            _ => {
                                 abandon(shared, waiting);
                                 return Ok(());
                             }
-                            // Watch the socket: a client that leaves gives up its place.
-                            n = socket.read_buf(&mut input) => match n {
-                                Ok(n) if n > 0 && input.len() <= limits.max_bulk + 64 * 1024 => continue,
-                                _ => {
-                                    abandon(shared, waiting);
-                                    return Ok(());
-                                }
-                            },
-                        }
-                    };
-                    let reply = match r {
-                        Ok(Ok(Some(g))) => Reply::Int(g.token as i64),
-                        Ok(Ok(None)) => Reply::Null,
-                        Ok(Err(e)) => cmd::db_error(e),
-                        Err(_) => Reply::err("the lock service stopped"),
-                    };
-                    reply.encode(&mut out, client.resp3);
-                }
-            }
-            if out.len() >= 256 * 1024 {
-                break;
+                        },
+                    }
+                };
+                let reply = match r {
+                    Ok(Ok(Some(g))) => Reply::Int(g.token as i64),
+                    Ok(Ok(None)) => Reply::Null,
+                    Ok(Err(e)) => cmd::db_error(e),
+                    Err(_) => Reply::err("the lock service stopped"),
+                };
+                reply.encode(&mut out, client.resp3);
+                continue;
             }
         }
+        // Drained: every whole command ran; send the replies, then read.
         flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
-        if close {
-            close_politely(socket).await;
-            return Ok(());
-        }
-        if !input.is_empty() && resp::parse(&input, &limits).is_ok() {
-            continue; // more whole commands are already buffered
-        }
         tokio::select! {
             n = socket.read_buf(&mut input) => {
                 if n? == 0 {

@@ -19,6 +19,26 @@ impl Op {
     }
 }
 
+/// One change of a [`WriteBatch`], as [`WriteBatch::changes`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// `key` is set to `value`; it expires at `expires_at` (milliseconds
+    /// since the Unix epoch; 0 = never).
+    Put {
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// When it expires (0 = never).
+        expires_at: u64,
+    },
+    /// `key` is deleted.
+    Delete {
+        /// The key.
+        key: &'a [u8],
+    },
+}
+
 /// A set of writes applied all or nothing: after a crash, either every
 /// change of the batch is there or none is.
 ///
@@ -137,6 +157,14 @@ impl WriteBatch {
         self.bytes
     }
 
+    /// The changes of the batch, in the order they were added.
+    pub fn changes(&self) -> impl Iterator<Item = Change<'_>> + '_ {
+        self.ops.iter().map(|op| match op {
+            Op::Put { key, value, expires_at } => Change::Put { key, value, expires_at: *expires_at },
+            Op::Delete { key } => Change::Delete { key },
+        })
+    }
+
     /// Removes every change.
     pub fn clear(&mut self) {
         self.ops.clear();
@@ -174,8 +202,9 @@ impl WriteBatch {
         }
     }
 
-    /// Checks every key and value against the limits.
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// Checks every key and value against the limits (and that no key is
+    /// in the reserved keyspace), as every write does first.
+    pub fn validate(&self) -> Result<()> {
         if self.bytes > MAX_BATCH_BYTES {
             return Err(Error::TooLarge { what: "batch", len: self.bytes, max: MAX_BATCH_BYTES });
         }

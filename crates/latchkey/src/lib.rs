@@ -48,7 +48,7 @@ pub mod log;
 mod lsm;
 mod options;
 
-pub use batch::{is_reserved, WriteBatch, RESERVED_PREFIX};
+pub use batch::{is_reserved, Change, WriteBatch, RESERVED_PREFIX};
 pub use check::{check, CheckReport};
 pub use db::{identify, now_ms, Db, Iter, KeyValue, Stats, IDENTITY_FILE};
 pub use error::{Error, Result};

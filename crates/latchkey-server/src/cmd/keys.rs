@@ -3,6 +3,7 @@
 use latchkey::{now_ms, WriteBatch};
 
 use super::strings::{current, expiry_ms};
+use super::Tx;
 use super::{glob, parse_i64, syntax, w, Args, CmdResult, Command, Outcome};
 use crate::resp::Reply;
 use crate::{Client, Shared};
@@ -26,14 +27,14 @@ pub(crate) const COMMANDS: &[Command] = &[
     super::o("flushall", -1, flush),
 ];
 
-fn del(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn del(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let mut batch = WriteBatch::new();
     let mut n = 0;
     let mut keys = args.rest();
     keys.sort();
     keys.dedup();
     for k in keys {
-        if current(shared, &k)?.is_some() {
+        if tx.current(&k)?.is_some() {
             n += 1;
             batch.delete(k);
         }
@@ -49,13 +50,13 @@ fn exists(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome
     Ok(Outcome::Reply(Reply::Int(n)))
 }
 
-fn expire(shared: &Shared, args: &mut Args, unit: &str, cmd: &str) -> CmdResult<(Reply, WriteBatch)> {
+fn expire(tx: &Tx, args: &mut Args, unit: &str, cmd: &str) -> CmdResult<(Reply, WriteBatch)> {
     let key = args.next()?;
     let amount = args.next_i64()?;
     let cond = args.next_upper();
     args.done()?;
     let mut batch = WriteBatch::new();
-    let Some((value, old)) = current(shared, &key)? else { return Ok((Reply::Int(0), batch)) };
+    let Some((value, old)) = tx.current(&key)? else { return Ok((Reply::Int(0), batch)) };
     let now = now_ms();
     let at = match expiry_ms(unit, amount, cmd) {
         Ok(at) => at,
@@ -90,10 +91,10 @@ fn ttl(shared: &Shared, args: &mut Args, unit_ms: u64) -> CmdResult<Outcome> {
     Ok(Outcome::Reply(Reply::Int(reply)))
 }
 
-fn persist(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn persist(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let key = args.next()?;
     let mut batch = WriteBatch::new();
-    match current(shared, &key)? {
+    match tx.current(&key)? {
         Some((value, at)) if at != 0 => {
             batch.put(key, value);
             Ok((Reply::Int(1), batch))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use latchkey::locks::Pending;
 use latchkey::WriteBatch;
 
-use super::strings::current;
+use super::Tx;
 use super::{not_integer, o, w, Args, CmdResult, Command, Outcome};
 use crate::resp::Reply;
 use crate::{Client, Shared};
@@ -17,14 +17,14 @@ pub(crate) const COMMANDS: &[Command] = &[
     o("lock.release", 3, release),
     o("lock.renew", 4, renew),
     o("lock.info", 2, info),
-    o("fenced", -4, super::fenced),
+    super::Command { name: "fenced", arity: -4, handler: super::Handler::Fenced },
 ];
 
 /// `DELIFEQ key value`: delete `key` only if it holds `value` (1 if deleted).
-fn delifeq(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn delifeq(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let (key, value) = (args.next()?, args.next()?);
     let mut batch = WriteBatch::new();
-    if current(shared, &key)?.is_some_and(|(v, _)| v == value) {
+    if tx.current(&key)?.is_some_and(|(v, _)| v == value) {
         batch.delete(key);
         return Ok((Reply::Int(1), batch));
     }

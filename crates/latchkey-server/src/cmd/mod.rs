@@ -6,7 +6,10 @@ mod locks;
 mod server;
 mod strings;
 
-use latchkey::WriteBatch;
+use std::collections::HashMap;
+use std::sync::MutexGuard;
+
+use latchkey::{now_ms, Change, WriteBatch};
 
 use crate::resp::Reply;
 use crate::{Client, Shared};
@@ -24,6 +27,9 @@ pub(crate) enum Outcome {
     /// Work that may wait on an fsync: run it on the blocking pool, then
     /// handle the outcome it returns.
     Offload(Box<dyn FnOnce(&Shared) -> Outcome + Send>),
+    /// The writes staged for earlier commands could not be made: the
+    /// replies already made for them are void. Send this, then close.
+    Failed(Reply),
 }
 
 /// A client queued for a lock by `LOCK.ACQUIRE ... WAIT`.
@@ -107,13 +113,105 @@ pub(crate) fn parse_i64(b: &[u8]) -> Option<i64> {
 
 /// A write command: computes its batch from the current state (it runs
 /// under the server's write lock, so read-modify-write is atomic).
-type WriteFn = fn(&Shared, &mut Args) -> CmdResult<(Reply, WriteBatch)>;
+type WriteFn = fn(&Tx, &mut Args) -> CmdResult<(Reply, WriteBatch)>;
+
+/// Bytes of changes staged before they are written mid-turn.
+const STAGE_LIMIT: usize = 1 << 20;
+
+/// The write commands of one connection turn (the commands that arrived
+/// together: a pipeline). Their changes are staged here, under the
+/// server's write lock, and go to the store together, as one batch (one
+/// append), when the turn ends or a command comes that is not a plain
+/// write; the replies go out only after that (and, under `--sync always`,
+/// after the fsync). Each write command reads the state with the changes
+/// staged before it, so read-modify-write (INCR, APPEND, SET NX) stays
+/// atomic and in order. Redis likewise appends a turn's writes to its AOF
+/// buffer and writes it once per event-loop turn.
+pub(crate) struct Tx<'a> {
+    pub(crate) shared: &'a Shared,
+    lock: Option<MutexGuard<'a, ()>>,
+    /// Key -> its new value and expiry, or `None` if deleted.
+    staged: HashMap<Vec<u8>, Option<(Vec<u8>, u64)>>,
+    bytes: usize,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(shared: &'a Shared) -> Tx<'a> {
+        Tx { shared, lock: None, staged: HashMap::new(), bytes: 0 }
+    }
+
+    /// The live value and expiry of `key`, staged changes included.
+    pub(crate) fn current(&self, key: &[u8]) -> CmdResult<Option<(Vec<u8>, u64)>> {
+        match self.staged.get(key) {
+            Some(Some((v, at))) if *at == 0 || *at > now_ms() => Ok(Some((v.clone(), *at))),
+            Some(_) => Ok(None),
+            None => strings::current(self.shared, key),
+        }
+    }
+
+    fn lock(&mut self) {
+        if self.lock.is_none() {
+            self.lock = Some(self.shared.write_lock.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    fn stage(&mut self, batch: &WriteBatch) {
+        for change in batch.changes() {
+            match change {
+                Change::Put { key, value, expires_at } => {
+                    self.bytes += key.len() + value.len();
+                    self.staged.insert(key.to_vec(), Some((value.to_vec(), expires_at)));
+                }
+                Change::Delete { key } => {
+                    self.bytes += key.len();
+                    self.staged.insert(key.to_vec(), None);
+                }
+            }
+        }
+    }
+
+    /// Writes the staged changes as one batch, keeping the write lock.
+    fn write_staged(&mut self) -> Result<(), Outcome> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for (key, state) in self.staged.drain() {
+            match state {
+                Some((value, at)) => batch.put_with_expiry(key, value, at),
+                None => batch.delete(key),
+            };
+        }
+        self.bytes = 0;
+        self.shared
+            .db
+            .write_unsynced(batch)
+            .map_err(|e| Outcome::Failed(Reply::err(format!("writes of this pipeline failed: {e}"))))
+    }
+
+    /// Writes the staged changes as one batch and lets go of the write
+    /// lock. On failure the outcome says so: the replies made for the
+    /// staged writes are void.
+    pub(crate) fn commit_or_fail(&mut self) -> Result<(), Outcome> {
+        let result = self.write_staged();
+        self.lock = None;
+        result
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        debug_assert!(self.staged.is_empty(), "a connection turn ended with writes staged and not committed");
+    }
+}
 /// Any other command.
 type OtherFn = fn(&Shared, &mut Client, &mut Args) -> CmdResult<Outcome>;
 
 #[derive(Clone, Copy)]
 pub(crate) enum Handler {
     Write(WriteFn),
+    /// `FENCED lock token <write command>`.
+    Fenced,
     Other(OtherFn),
 }
 
@@ -141,10 +239,11 @@ fn lookup(name: &str) -> Option<&'static Command> {
     table().find(|c| c.name.eq_ignore_ascii_case(name))
 }
 
-/// Runs one command for `client`.
-pub(crate) fn execute(shared: &Shared, client: &mut Client, argv: Vec<Vec<u8>>) -> Outcome {
-    shared.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match run(shared, client, argv, None) {
+/// Runs one command for `client`, staging its writes in `tx` (the caller
+/// commits `tx` before it sends the replies).
+pub(crate) fn execute(tx: &mut Tx, client: &mut Client, argv: Vec<Vec<u8>>) -> Outcome {
+    tx.shared.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match run(tx, client, argv, None) {
         Ok(o) => o,
         Err(r) => Outcome::Reply(r),
     }
@@ -156,7 +255,8 @@ pub(crate) struct FenceArg {
     token: u64,
 }
 
-fn run(shared: &Shared, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<FenceArg>) -> CmdResult<Outcome> {
+fn run(tx: &mut Tx, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<FenceArg>) -> CmdResult<Outcome> {
+    let shared = tx.shared;
     let mut it = argv.into_iter();
     let Some(raw_name) = it.next() else { return Ok(Outcome::Reply(Reply::Simple("OK"))) };
     let name = String::from_utf8_lossy(&raw_name).to_ascii_lowercase();
@@ -174,34 +274,63 @@ fn run(shared: &Shared, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<F
         return Err(args.wrong_arity());
     }
     match cmd.handler {
-        Handler::Write(f) => {
-            let _writer = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let (reply, mut batch) = f(shared, &mut args)?;
-            if let Some(fence) = &fence {
-                let granted = shared.locks.info(&fence.lock).last_token;
-                if fence.token > granted {
-                    return Err(Reply::err(format!(
-                        "fencing token {} was never granted for lock '{}' (last granted: {granted})",
-                        fence.token, fence.lock
-                    )));
-                }
-                batch.fence(&fence.lock, fence.token);
-            }
+        Handler::Write(f) if fence.is_none() => {
+            tx.lock();
+            let (reply, batch) = f(tx, &mut args)?;
             if batch.is_empty() {
                 return Ok(Outcome::Reply(reply));
             }
+            batch.validate().map_err(db_error)?;
+            // A large turn is written in parts; the lock stays held, so
+            // the state this command read is still the state.
+            if tx.bytes > 0 && tx.bytes + batch.size_bytes() > STAGE_LIMIT {
+                if let Err(o) = tx.write_staged() {
+                    return Ok(o);
+                }
+            }
+            tx.stage(&batch);
+            Ok(Outcome::Wrote(reply))
+        }
+        Handler::Write(f) => {
+            // A fenced write goes alone, with its fence, after what is staged.
+            if let Err(o) = tx.write_staged() {
+                return Ok(o);
+            }
+            tx.lock();
+            let (reply, mut batch) = f(tx, &mut args)?;
+            let Some(fence) = fence else { unreachable!("matched above") };
+            let granted = shared.locks.info(&fence.lock).last_token;
+            if fence.token > granted {
+                return Err(Reply::err(format!(
+                    "fencing token {} was never granted for lock '{}' (last granted: {granted})",
+                    fence.token, fence.lock
+                )));
+            }
+            batch.fence(&fence.lock, fence.token);
             shared.db.write_unsynced(batch).map_err(db_error)?;
             Ok(Outcome::Wrote(reply))
+        }
+        Handler::Fenced if fence.is_some() => Err(Reply::err("FENCED cannot be nested")),
+        Handler::Fenced => {
+            if let Err(o) = tx.commit_or_fail() {
+                return Ok(o);
+            }
+            fenced(tx, client, &mut args)
         }
         Handler::Other(_) if fence.is_some() => {
             Err(Reply::err(format!("FENCED takes a write command; '{name}' does not write")))
         }
-        Handler::Other(f) => f(shared, client, &mut args),
+        Handler::Other(f) => {
+            if let Err(o) = tx.commit_or_fail() {
+                return Ok(o);
+            }
+            f(shared, client, &mut args)
+        }
     }
 }
 
 /// `FENCED lock token <write command ...>`
-pub(crate) fn fenced(shared: &Shared, client: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
+fn fenced(tx: &mut Tx, client: &mut Client, args: &mut Args) -> CmdResult<Outcome> {
     let lock = args.next_string()?;
     let token = u64::try_from(args.next_i64()?).map_err(|_| not_integer())?;
     let inner = args.rest();
@@ -211,7 +340,7 @@ pub(crate) fn fenced(shared: &Shared, client: &mut Client, args: &mut Args) -> C
     if inner[0].eq_ignore_ascii_case(b"fenced") {
         return Err(Reply::err("FENCED cannot be nested"));
     }
-    run(shared, client, inner, Some(FenceArg { lock, token }))
+    run(tx, client, inner, Some(FenceArg { lock, token }))
 }
 
 /// Maps a storage error to a reply.

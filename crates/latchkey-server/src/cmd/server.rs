@@ -130,7 +130,7 @@ fn client(_: &Shared, client: &mut Client, args: &mut Args) -> CmdResult<Outcome
 
 fn command_info(c: &Command) -> Reply {
     let flag = match c.handler {
-        Handler::Write(_) => "write",
+        Handler::Write(_) | Handler::Fenced => "write",
         Handler::Other(_) => "readonly",
     };
     let first_key = i64::from(!matches!(

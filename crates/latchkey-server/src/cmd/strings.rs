@@ -2,6 +2,7 @@
 
 use latchkey::{now_ms, WriteBatch};
 
+use super::Tx;
 use super::{not_integer, parse_i64, syntax, w, Args, CmdResult, Command, Outcome};
 use crate::resp::Reply;
 use crate::{Client, Shared};
@@ -78,7 +79,7 @@ pub(crate) fn put(batch: &mut WriteBatch, key: &[u8], value: &[u8], at: u64) {
     }
 }
 
-fn set(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn set(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let (key, value) = (args.next()?, args.next()?);
     let (mut nx, mut xx, mut get, mut keepttl, mut at) = (false, false, false, false, None);
     while let Some(opt) = args.next_upper() {
@@ -95,7 +96,7 @@ fn set(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
         }
     }
     // A plain SET replaces whatever is there: only the options read it.
-    let old = if nx || xx || get || keepttl { current(shared, &key)? } else { None };
+    let old = if nx || xx || get || keepttl { tx.current(&key)? } else { None };
     let old_value = || if get { bulk_or_null(old.clone().map(|(v, _)| v)) } else { Reply::Null };
     if (nx && old.is_some()) || (xx && old.is_none()) {
         return Ok((old_value(), WriteBatch::new()));
@@ -110,10 +111,10 @@ fn set(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     Ok((if get { old_value() } else { Reply::Simple("OK") }, batch))
 }
 
-fn setnx(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn setnx(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let (key, value) = (args.next()?, args.next()?);
     let mut batch = WriteBatch::new();
-    if current(shared, &key)?.is_some() {
+    if tx.current(&key)?.is_some() {
         return Ok((Reply::Int(0), batch));
     }
     batch.put(key, value);
@@ -129,25 +130,25 @@ fn set_with_unit(args: &mut Args, unit: &str, cmd: &str) -> CmdResult<(Reply, Wr
     Ok((Reply::Simple("OK"), batch))
 }
 
-fn setex(_: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn setex(_: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     set_with_unit(args, "EX", "setex")
 }
 
-fn psetex(_: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn psetex(_: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     set_with_unit(args, "PX", "psetex")
 }
 
-fn getset(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn getset(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let (key, value) = (args.next()?, args.next()?);
-    let old = current(shared, &key)?.map(|(v, _)| v);
+    let old = tx.current(&key)?.map(|(v, _)| v);
     let mut batch = WriteBatch::new();
     batch.put(key, value);
     Ok((bulk_or_null(old), batch))
 }
 
-fn getdel(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn getdel(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let key = args.next()?;
-    let old = current(shared, &key)?.map(|(v, _)| v);
+    let old = tx.current(&key)?.map(|(v, _)| v);
     let mut batch = WriteBatch::new();
     if old.is_some() {
         batch.delete(key);
@@ -155,7 +156,7 @@ fn getdel(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     Ok((bulk_or_null(old), batch))
 }
 
-fn mset(_: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn mset(_: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let rest = args.rest();
     if !rest.len().is_multiple_of(2) {
         return Err(Reply::err("wrong number of arguments for 'mset' command"));
@@ -167,23 +168,23 @@ fn mset(_: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     Ok((Reply::Simple("OK"), batch))
 }
 
-fn incr_by(shared: &Shared, args: &mut Args, by: Option<i64>) -> CmdResult<(Reply, WriteBatch)> {
+fn incr_by(tx: &Tx, args: &mut Args, by: Option<i64>) -> CmdResult<(Reply, WriteBatch)> {
     let key = args.next()?;
     let by = match by {
         Some(b) => b,
         None => args.next_i64()?,
     };
-    add(shared, key, by)
+    add(tx, key, by)
 }
 
-fn decr_by(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn decr_by(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let key = args.next()?;
     let by = args.next_i64()?.checked_neg().ok_or_else(|| Reply::err("decrement would overflow"))?;
-    add(shared, key, by)
+    add(tx, key, by)
 }
 
-fn add(shared: &Shared, key: Vec<u8>, by: i64) -> CmdResult<(Reply, WriteBatch)> {
-    let (old, expires) = match current(shared, &key)? {
+fn add(tx: &Tx, key: Vec<u8>, by: i64) -> CmdResult<(Reply, WriteBatch)> {
+    let (old, expires) = match tx.current(&key)? {
         Some((v, e)) => (parse_i64(&v).filter(|_| v.len() < 21).ok_or_else(not_integer)?, e),
         None => (0, 0),
     };
@@ -193,9 +194,9 @@ fn add(shared: &Shared, key: Vec<u8>, by: i64) -> CmdResult<(Reply, WriteBatch)>
     Ok((Reply::Int(new), batch))
 }
 
-fn append(shared: &Shared, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
+fn append(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     let (key, tail) = (args.next()?, args.next()?);
-    let (mut value, expires) = current(shared, &key)?.unwrap_or_default();
+    let (mut value, expires) = tx.current(&key)?.unwrap_or_default();
     value.extend_from_slice(&tail);
     let n = value.len() as i64;
     let mut batch = WriteBatch::new();
