@@ -168,13 +168,15 @@ pub fn on_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Starts `latchkey serve` with `engine` and `Sync::Interval(1000)`.
-pub fn start_latchkey(bin: &Path, base: &Path, engine: &str) -> Result<Server, String> {
+/// Starts `latchkey serve` with `engine`, `Sync::Interval(1000)` and
+/// `threads` worker threads (0: one per CPU).
+pub fn start_latchkey(bin: &Path, base: &Path, engine: &str, threads: usize) -> Result<Server, String> {
     let name = format!("latchkey-{engine}");
     let dir = server_dir(base, &name)?;
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--bind", "127.0.0.1", "--port", &port.to_string(), "--engine", engine, "--sync", "1000"])
+        .args(["--threads", &threads.to_string()])
         .arg("--dir")
         .arg(dir.join("data"));
     Server::start(&name, cmd, dir, port, Duration::from_secs(30), resp_ping)

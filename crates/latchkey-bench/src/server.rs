@@ -23,6 +23,11 @@ pub struct ServerArgs {
     /// Pipeline depths to run (redis-benchmark -P), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     pub pipelines: Vec<u32>,
+    /// `latchkey serve --threads`: threads that run commands (0: one per
+    /// CPU). 1 by default, as Redis runs its commands on one thread, and
+    /// redis-benchmark needs a core of its own on a small machine.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     #[command(flatten)]
     pub common: procs::Common,
 }
@@ -127,14 +132,17 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
         all.push(drive(&redis, args)?);
     }
     for engine in &args.engines {
-        let server = procs::start_latchkey(bin, base, engine)?;
+        let server = procs::start_latchkey(bin, base, engine, args.threads)?;
         all.push(drive(&server, args)?);
     }
     println!(
         "redis-benchmark -t set,get,incr -n {} -r 100000 -d 100 -c {}, on loopback; requests per second",
         args.requests, args.clients
     );
-    println!("redis: appendonly yes, appendfsync everysec; latchkey serve: --sync 1000 (fsync every second)");
+    println!(
+        "redis: appendonly yes, appendfsync everysec; latchkey serve: --sync 1000 (fsync every second), --threads {}",
+        args.threads
+    );
     print!("{:<10}", "test");
     for f in &all {
         print!("{:>16}", f.name);
@@ -185,7 +193,7 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
                 (f.name.clone(), serde_json::Value::Object(m))
             })
             .collect();
-        let doc = serde_json::json!({"requests": args.requests, "clients": args.clients, "servers": servers});
+        let doc = serde_json::json!({"requests": args.requests, "clients": args.clients, "latchkey_threads": args.threads, "servers": servers});
         args.common.write_json(&doc)?;
     }
     Ok(())

@@ -137,7 +137,7 @@ enum Command {
 struct ServeArgs {
     /// A config file of `name value` lines (bind, port, dir, engine,
     /// appendfsync always|everysec|no, requirepass, maxclients,
-    /// proto-max-bulk-len, allow-remote-without-password yes|no).
+    /// proto-max-bulk-len, allow-remote-without-password yes|no, threads).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1]. A non-loopback address
@@ -159,6 +159,11 @@ struct ServeArgs {
     /// Listen on a non-loopback address without a password.
     #[arg(long)]
     allow_remote_without_password: bool,
+    /// Threads that run connections and commands [default: one per CPU].
+    /// Redis runs commands on one thread; on a machine shared with its
+    /// clients, 1 leaves them the other cores.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -308,7 +313,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
             latchkey::Sync::Never => "never".to_string(),
             latchkey::Sync::Interval(ms) => ms.to_string(),
         });
-        let flags: [(&str, Option<String>); 9] = [
+        let flags: [(&str, Option<String>); 10] = [
             ("dir", cli.dir.as_ref().map(|d| d.display().to_string())),
             ("engine", cli.engine.map(|e| e.to_string())),
             ("sync", sync),
@@ -318,6 +323,7 @@ fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
             ("maxclients", args.maxclients.map(|m| m.to_string())),
             ("proto-max-bulk-len", args.proto_max_bulk_len.map(|m| m.to_string())),
             ("allow-remote-without-password", args.allow_remote_without_password.then(|| "yes".to_string())),
+            ("threads", args.threads.map(|t| t.to_string())),
         ];
         for (name, value) in flags {
             if let Some(v) = value {
@@ -330,7 +336,11 @@ fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
         eprintln!("latchkey: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        builder.worker_threads(config.threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("latchkey: cannot start the runtime: {e}");

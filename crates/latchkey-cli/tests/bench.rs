@@ -105,6 +105,7 @@ fn the_server_benchmark_runs_beside_redis() {
         clients: 10,
         engines: vec!["hash".into(), "btree".into()],
         pipelines: vec![1, 16],
+        threads: 1,
         common: latchkey_bench::procs::Common {
             latchkey: Some(env!("CARGO_BIN_EXE_latchkey").into()),
             work_dir: Some(tmp.path().join("work")),

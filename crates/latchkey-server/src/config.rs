@@ -27,6 +27,11 @@ pub struct Config {
     pub limits: Limits,
     /// Allow listening on a non-loopback address without a password.
     pub allow_remote_without_password: bool,
+    /// Threads that run connections and commands; 0 = one per CPU. (fsyncs
+    /// and lock waits run on a separate pool.) Redis runs its commands on
+    /// one thread; on a machine shared with the clients, fewer threads than
+    /// CPUs leaves them room.
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -41,6 +46,7 @@ impl Default for Config {
             max_clients: 10_000,
             limits: Limits::default(),
             allow_remote_without_password: false,
+            threads: 0,
         }
     }
 }
@@ -93,6 +99,7 @@ impl Config {
             "maxclients" => self.max_clients = num(value)? as usize,
             "proto-max-bulk-len" => self.limits.max_bulk = num(value)? as usize,
             "allow-remote-without-password" => self.allow_remote_without_password = value == "yes",
+            "threads" | "io-threads" => self.threads = num(value)?.min(1024) as usize,
             other => return Err(format!("unknown setting {other:?}")),
         }
         Ok(())
@@ -130,10 +137,10 @@ mod tests {
     fn a_config_file_sets_values_and_names_bad_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("latchkey.conf");
-        std::fs::write(&path, "# comment\nport 7000\nappendfsync everysec\nmaxclients 5\n").unwrap();
+        std::fs::write(&path, "# comment\nport 7000\nappendfsync everysec\nmaxclients 5\nthreads 1\n").unwrap();
         let mut c = Config::default();
         c.load_file(&path).unwrap();
-        assert_eq!((c.port, c.sync, c.max_clients), (7000, latchkey::Sync::Interval(1000), 5));
+        assert_eq!((c.port, c.sync, c.max_clients, c.threads), (7000, latchkey::Sync::Interval(1000), 5, 1));
         std::fs::write(&path, "port seventy\n").unwrap();
         assert!(c.load_file(&path).unwrap_err().contains(":1: port"));
     }

@@ -86,7 +86,7 @@ pub struct Options {
     /// `hash`: merge starts by itself when this fraction of the bytes in
     /// closed segments is dead (overwritten, deleted or expired).
     pub merge_dead_ratio: f64,
-    /// `hash`: and when at least this many bytes are dead.
+    /// `hash`: and when at least this many bytes are dead (default 64 MiB).
     pub merge_min_dead_bytes: u64,
     /// How often the background thread looks at the merge trigger.
     pub background_interval: Duration,
@@ -120,7 +120,7 @@ impl Default for Options {
             create_if_missing: true,
             segment_size: 64 << 20,
             merge_dead_ratio: 0.5,
-            merge_min_dead_bytes: 16 << 20,
+            merge_min_dead_bytes: 64 << 20,
             background_interval: Duration::from_millis(200),
             memtable_size: 16 << 20,
             max_immutable_memtables: 2,
