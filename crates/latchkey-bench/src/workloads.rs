@@ -608,6 +608,12 @@ fn print_tables(args: &RunArgs, all: &Results, fsync_rate: &Result<f64, String>)
         Err(e) => println!("this machine: fdatasync probe failed: {e}"),
     }
     let peers_ran = all.iter().any(|(n, _)| !n.starts_with("latchkey"));
+    if all.iter().any(|(n, _)| n == "sled") {
+        println!(
+            "durable writes: latchkey, redb and fjall fdatasync; sled's flush() is sync_file_range on Linux \
+             (sled 0.34: no disk cache flush, no metadata), a weaker guarantee"
+        );
+    }
     print!("{:<18}", "workload");
     for (name, _) in all {
         print!("{name:>15}");
