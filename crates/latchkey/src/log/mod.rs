@@ -351,13 +351,18 @@ fn tail_fault(file: &File, pos: u64, valid: u64, file_len: u64, mode: TailMode, 
             Some(h) => codec::body_len(h).map_or(HEADER_LEN, |body| HEADER_LEN + body),
         };
         let landed_whole = claimed <= written || claimed == rest.len();
+        // Checked in this order, each only if the ones before found
+        // nothing: past `landed_whole`, `written` is less than one
+        // record's claimed length, so the scans below are bounded by it.
         // A damaged length field on a record that is otherwise whole (its
         // true end is where the file, or the written bytes, end; a record
-        // may end in a few zero bytes of its own).
-        let damaged_length = codec::valid_with_length(&rest)
-            || (written..=rest.len().min(written + 32)).any(|k| codec::valid_with_length(&rest[..k]));
-        let later_record = (1..written).any(|i| codec::decode(&rest[i..]).is_ok());
-        if landed_whole || damaged_length || later_record {
+        // may end in a few zero bytes of its own):
+        let damaged_length = || {
+            codec::valid_with_length(&rest)
+                || (written..=rest.len().min(written + 32)).any(|k| codec::valid_with_length(&rest[..k]))
+        };
+        let later_record = || (1..written).any(|i| codec::decode(&rest[i..]).is_ok());
+        if landed_whole || damaged_length() || later_record() {
             return Err(damage());
         }
     }
