@@ -115,6 +115,9 @@ pub(crate) fn parse_i64(b: &[u8]) -> Option<i64> {
 /// under the server's write lock, so read-modify-write is atomic).
 type WriteFn = fn(&Tx, &mut Args) -> CmdResult<(Reply, WriteBatch)>;
 
+/// Staged changes: key -> its new value and expiry, or `None` if deleted.
+type Staged = HashMap<Vec<u8>, Option<(Vec<u8>, u64)>, foldhash::fast::RandomState>;
+
 /// Bytes of changes staged before they are written mid-turn.
 const STAGE_LIMIT: usize = 1 << 20;
 
@@ -130,14 +133,13 @@ const STAGE_LIMIT: usize = 1 << 20;
 pub(crate) struct Tx<'a> {
     pub(crate) shared: &'a Shared,
     lock: Option<MutexGuard<'a, ()>>,
-    /// Key -> its new value and expiry, or `None` if deleted.
-    staged: HashMap<Vec<u8>, Option<(Vec<u8>, u64)>>,
+    staged: Staged,
     bytes: usize,
 }
 
 impl<'a> Tx<'a> {
     pub(crate) fn new(shared: &'a Shared) -> Tx<'a> {
-        Tx { shared, lock: None, staged: HashMap::new(), bytes: 0 }
+        Tx { shared, lock: None, staged: HashMap::default(), bytes: 0 }
     }
 
     /// The live value and expiry of `key`, staged changes included.
