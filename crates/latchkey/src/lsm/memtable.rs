@@ -1,18 +1,30 @@
 //! The memtable: a concurrent skiplist of the writes since the last flush,
 //! ordered by key and then newest first, so a snapshot read takes the first
-//! version at or below its sequence number.
+//! version at or below its sequence number. Beside it, a hash index of each
+//! key's newest version answers point reads without a skiplist search (a
+//! search over a memtable of a million versions was ~45% of a server GET);
+//! a read falls back to the skiplist only when the newest version is newer
+//! than its snapshot (a batch still being applied).
 
 use std::cmp::Reverse;
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_skiplist::SkipMap;
+use parking_lot::RwLock;
 
 use super::Value;
+
+const INDEX_SHARDS: usize = 16;
+
+type Index = HashMap<Vec<u8>, (u64, Value), foldhash::fast::FixedState>;
 
 /// One memtable and the write-ahead log that holds the same writes.
 pub(crate) struct Memtable {
     map: SkipMap<(Vec<u8>, Reverse<u64>), Value>,
+    /// Key -> its newest version in `map` (sequence number and value).
+    newest: Box<[RwLock<Index>]>,
     bytes: AtomicUsize,
     /// The id of this memtable's write-ahead log.
     pub(crate) wal: u64,
@@ -20,7 +32,14 @@ pub(crate) struct Memtable {
 
 impl Memtable {
     pub(crate) fn new(wal: u64) -> Self {
-        Memtable { map: SkipMap::new(), bytes: AtomicUsize::new(0), wal }
+        let newest = (0..INDEX_SHARDS).map(|_| RwLock::new(Index::default())).collect();
+        Memtable { map: SkipMap::new(), newest, bytes: AtomicUsize::new(0), wal }
+    }
+
+    fn shard(&self, key: &[u8]) -> &RwLock<Index> {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(0x1a7c_4b3e).hash_one(key);
+        &self.newest[(h >> 59) as usize % INDEX_SHARDS]
     }
 
     /// The same memtable, now belonging to log `wal`.
@@ -28,9 +47,21 @@ impl Memtable {
         Memtable { wal, ..self }
     }
 
+    /// Adds a version. The skiplist first, then the index, so a reader
+    /// that finds the index entry finds the version in the skiplist too.
+    /// (The index's copy of the value is not counted in `bytes`: a
+    /// memtable may hold up to twice its counted size.)
     pub(crate) fn insert(&self, key: &[u8], seq: u64, value: Value) {
         self.bytes.fetch_add(key.len() + value.len() + 32, Ordering::Relaxed);
-        self.map.insert((key.to_vec(), Reverse(seq)), value);
+        self.map.insert((key.to_vec(), Reverse(seq)), value.clone());
+        let mut index = self.shard(key).write();
+        match index.get_mut(key) {
+            Some(e) if e.0 > seq => {}
+            Some(e) => *e = (seq, value),
+            None => {
+                index.insert(key.to_vec(), (seq, value));
+            }
+        }
     }
 
     /// Approximate bytes held.
@@ -44,6 +75,13 @@ impl Memtable {
 
     /// The newest version of `key` at or below `snapshot`.
     pub(crate) fn get(&self, key: &[u8], snapshot: u64) -> Option<(u64, Value)> {
+        match self.shard(key).read().get(key) {
+            // No version of `key` at all.
+            None => return None,
+            Some((seq, value)) if *seq <= snapshot => return Some((*seq, value.clone())),
+            // The newest is past the snapshot: an older one from the skiplist.
+            Some(_) => {}
+        }
         let from = (key.to_vec(), Reverse(snapshot));
         let e = self.map.range(from..).next()?;
         (e.key().0 == key).then(|| (e.key().1 .0, e.value().clone()))
@@ -120,5 +158,39 @@ impl Memtable {
             }
         }
         (out, hit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(v: &str) -> Value {
+        Value::Put(v.as_bytes().to_vec(), 0)
+    }
+
+    /// Point reads through the index agree with the skiplist at every
+    /// snapshot: the newest version at or below it, or none.
+    #[test]
+    fn point_reads_see_the_newest_version_at_their_snapshot() {
+        let m = Memtable::new(1);
+        m.insert(b"k", 5, put("five"));
+        m.insert(b"k", 7, put("seven"));
+        m.insert(b"d", 6, put("six"));
+        m.insert(b"d", 8, Value::Delete);
+        assert_eq!(m.get(b"k", 4), None);
+        assert_eq!(m.get(b"k", 6), Some((5, put("five"))));
+        assert_eq!(m.get(b"k", 7), Some((7, put("seven"))));
+        assert_eq!(m.get(b"k", u64::MAX), Some((7, put("seven"))));
+        assert_eq!(m.get(b"d", 7), Some((6, put("six"))));
+        assert_eq!(m.get(b"d", 8), Some((8, Value::Delete)));
+        assert_eq!(m.get(b"absent", u64::MAX), None);
+        // An older version arriving late (a replay) does not hide the newest.
+        m.insert(b"k", 3, put("three"));
+        assert_eq!(m.get(b"k", u64::MAX), Some((7, put("seven"))));
+        assert_eq!(m.get(b"k", 4), Some((3, put("three"))));
+        for (key, seq, v) in m.newest() {
+            assert_eq!(m.get(&key, u64::MAX), Some((seq, v)));
+        }
     }
 }
