@@ -127,6 +127,12 @@ pub(crate) struct Inner {
     /// Mirrors for stats without the writer lock.
     height: AtomicU64,
     log_bytes: AtomicU64,
+    /// The writer's log position and active log, published for the
+    /// group-commit leader, so it need not wait for the writer lock (held
+    /// through a whole tree change) to learn what to fsync. The log is
+    /// switched before a position in the new log is published.
+    published_lsn: AtomicU64,
+    published_wal: Mutex<Arc<File>>,
     work: (Mutex<bool>, Condvar),
     _lock: DirLock,
 }
@@ -154,7 +160,7 @@ impl BtreeStore {
             writer: Mutex::new(Writer {
                 wal: r.wal,
                 wal_id: r.wal_id,
-                wal_sync,
+                wal_sync: Arc::clone(&wal_sync),
                 lsn: 0,
                 meta: r.meta,
                 ckpt_pages: r.meta.page_count,
@@ -171,6 +177,8 @@ impl BtreeStore {
             smo: AtomicU64::new(0),
             height: AtomicU64::new(r.meta.height as u64),
             log_bytes: AtomicU64::new(0),
+            published_lsn: AtomicU64::new(0),
+            published_wal: Mutex::new(Arc::clone(&wal_sync)),
             work: (Mutex::new(false), Condvar::new()),
             opts,
             _lock: lock,
@@ -293,9 +301,11 @@ impl Inner {
 
     fn sync_to(&self, lsn: u64) -> Result<()> {
         self.durability.sync_to(lsn, || {
-            let w = self.writer.lock();
-            let log = Arc::clone(&w.wal_sync);
-            (w.lsn, move || log.sync_data())
+            // The position first: if a checkpoint switches the log after
+            // it is read, the old log was synced up to it by the checkpoint.
+            let lsn = self.published_lsn.load(Ordering::Acquire);
+            let log = Arc::clone(&self.published_wal.lock());
+            (lsn, move || log.sync_data())
         })
     }
 
@@ -334,6 +344,7 @@ impl Inner {
         match w.wal.append(&w.buf) {
             Ok(_) => {
                 w.lsn += w.buf.len() as u64;
+                self.published_lsn.store(w.lsn, Ordering::Release);
                 self.counters.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
@@ -391,6 +402,7 @@ impl Inner {
             if out.len() >= 1 << 20 || i + 1 == ids.len() {
                 w.wal.append(&out)?;
                 w.lsn += out.len() as u64;
+                self.published_lsn.store(w.lsn, Ordering::Release);
                 self.counters.disk_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
                 out.clear();
             }
@@ -443,8 +455,10 @@ impl Inner {
         self.pager.file.sync_data()?;
         let old = std::mem::replace(&mut w.wal_id, new_id);
         w.wal_sync = Arc::new(File::open_read(&path)?);
+        *self.published_wal.lock() = Arc::clone(&w.wal_sync);
         w.wal = wal;
         w.lsn += rec.len() as u64;
+        self.published_lsn.store(w.lsn, Ordering::Release);
         self.durability.mark_synced(w.lsn);
         crate::fs::remove_file(&self.dir.join(wal_name(old)))?;
         w.ckpt_pages = w.meta.page_count;
