@@ -265,7 +265,7 @@ async fn connection(
     let mut out = Vec::with_capacity(16 * 1024);
     let mut wrote = false;
     loop {
-        let mut outcome = match run_buffered(shared, &mut client, &mut input, &mut out, &mut wrote) {
+        let outcome = match run_buffered(shared, &mut client, &mut input, &mut out, &mut wrote) {
             Next::Drained => None,
             Next::Full => {
                 flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
@@ -276,12 +276,7 @@ async fn connection(
                 close_politely(socket).await;
                 return Ok(());
             }
-            Next::Failed(r) => {
-                out.clear();
-                r.encode(&mut out, client.resp3);
-                socket.write_all(&out).await?;
-                return Err(std::io::Error::other("writes failed"));
-            }
+            Next::Failed(r) => Some(cmd::Outcome::Failed(r)),
             Next::Offload(work) => {
                 let bg = Arc::clone(shared);
                 Some(
@@ -292,7 +287,7 @@ async fn connection(
             }
             Next::Block(waiting) => Some(cmd::Outcome::Block(waiting)),
         };
-        match outcome.take() {
+        match outcome {
             None => {}
             Some(cmd::Outcome::Reply(r)) => {
                 r.encode(&mut out, client.resp3);

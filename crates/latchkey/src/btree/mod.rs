@@ -73,7 +73,6 @@ pub(crate) fn wal_name(id: u64) -> String {
 pub(crate) struct Writer {
     wal: LogWriter,
     wal_id: u64,
-    wal_sync: Arc<File>,
     /// Log bytes appended since open (the log sequence number).
     lsn: u64,
     /// The tree's meta data as of now (on disk as of the last checkpoint).
@@ -130,7 +129,8 @@ pub(crate) struct Inner {
     /// The writer's log position and active log, published for the
     /// group-commit leader, so it need not wait for the writer lock (held
     /// through a whole tree change) to learn what to fsync. The log is
-    /// switched before a position in the new log is published.
+    /// switched before a position in the new log is published. (`published_wal`
+    /// is a read handle of the active log, fsynced outside the writer lock.)
     published_lsn: AtomicU64,
     published_wal: Mutex<Arc<File>>,
     work: (Mutex<bool>, Condvar),
@@ -160,7 +160,6 @@ impl BtreeStore {
             writer: Mutex::new(Writer {
                 wal: r.wal,
                 wal_id: r.wal_id,
-                wal_sync: Arc::clone(&wal_sync),
                 lsn: 0,
                 meta: r.meta,
                 ckpt_pages: r.meta.page_count,
@@ -178,7 +177,7 @@ impl BtreeStore {
             height: AtomicU64::new(r.meta.height as u64),
             log_bytes: AtomicU64::new(0),
             published_lsn: AtomicU64::new(0),
-            published_wal: Mutex::new(Arc::clone(&wal_sync)),
+            published_wal: Mutex::new(wal_sync),
             work: (Mutex::new(false), Condvar::new()),
             opts,
             _lock: lock,
@@ -343,8 +342,7 @@ impl Inner {
         }
         match w.wal.append(&w.buf) {
             Ok(_) => {
-                w.lsn += w.buf.len() as u64;
-                self.published_lsn.store(w.lsn, Ordering::Release);
+                self.advance(w, w.buf.len());
                 self.counters.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
@@ -384,6 +382,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Moves the log position past `bytes` just appended, and publishes it.
+    fn advance(&self, w: &mut Writer, bytes: usize) {
+        w.lsn += bytes as u64;
+        self.published_lsn.store(w.lsn, Ordering::Release);
+    }
+
     /// Appends the before-images of the pages changed since the last
     /// checkpoint that the log does not hold yet: each page as the page
     /// file holds it, which is as of the last checkpoint (dirty pages stay
@@ -401,8 +405,7 @@ impl Inner {
                 .encode_into(&mut out);
             if out.len() >= 1 << 20 || i + 1 == ids.len() {
                 w.wal.append(&out)?;
-                w.lsn += out.len() as u64;
-                self.published_lsn.store(w.lsn, Ordering::Release);
+                self.advance(w, out.len());
                 self.counters.disk_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
                 out.clear();
             }
@@ -454,11 +457,9 @@ impl Inner {
         self.pager.file.write_all_at(&meta_page, 0)?;
         self.pager.file.sync_data()?;
         let old = std::mem::replace(&mut w.wal_id, new_id);
-        w.wal_sync = Arc::new(File::open_read(&path)?);
-        *self.published_wal.lock() = Arc::clone(&w.wal_sync);
+        *self.published_wal.lock() = Arc::new(File::open_read(&path)?);
         w.wal = wal;
-        w.lsn += rec.len() as u64;
-        self.published_lsn.store(w.lsn, Ordering::Release);
+        self.advance(w, rec.len());
         self.durability.mark_synced(w.lsn);
         crate::fs::remove_file(&self.dir.join(wal_name(old)))?;
         w.ckpt_pages = w.meta.page_count;
