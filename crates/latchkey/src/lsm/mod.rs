@@ -187,6 +187,23 @@ impl Drop for LsmStore {
     }
 }
 
+impl LsmStore {
+    /// What a scan reads: the memtables and tables of this moment, and
+    /// the newest sequence number visible now.
+    fn snapshot(&self, now_ms: u64) -> scan::Snapshot {
+        let st = self.inner.state.read();
+        let mut mems = vec![Arc::clone(&st.active)];
+        mems.extend(st.immutables.iter().cloned());
+        scan::Snapshot {
+            mems,
+            version: Arc::clone(&st.version),
+            seq: self.inner.visible_seq.load(Ordering::Acquire),
+            now: now_ms,
+            cache: Arc::clone(&self.inner.cache),
+        }
+    }
+}
+
 impl Store for LsmStore {
     fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
         self.inner.durability.check_open()?;
@@ -203,18 +220,18 @@ impl Store for LsmStore {
 
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter> {
         self.inner.durability.check_open()?;
-        let st = self.inner.state.read();
-        let mut mems = vec![Arc::clone(&st.active)];
-        mems.extend(st.immutables.iter().cloned());
-        let snapshot = scan::Snapshot {
-            mems,
-            version: Arc::clone(&st.version),
-            seq: self.inner.visible_seq.load(Ordering::Acquire),
-            now: now_ms,
-            cache: Arc::clone(&self.inner.cache),
-        };
-        drop(st);
-        Ok(Iter::new(Box::new(scan::ScanIter::new(snapshot, range))))
+        Ok(Iter::new(Box::new(scan::ScanIter::new(self.snapshot(now_ms), range))))
+    }
+
+    fn for_each(
+        &self,
+        range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+        now_ms: u64,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        self.inner.durability.check_open()?;
+        let snapshot = self.snapshot(now_ms);
+        scan::for_each(&snapshot, &range, f)
     }
 
     fn sync(&self) -> Result<()> {

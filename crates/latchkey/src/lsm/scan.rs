@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::memtable::Memtable;
-use super::table::Table;
+use super::memtable::{MemCursor, Memtable};
+use super::table::{Lent, RunCursor, Table};
 use super::version::Version;
 use super::Value;
 use crate::db::KeyValue;
@@ -153,6 +153,114 @@ fn empty_range(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
         | (Bound::Excluded(l), Bound::Included(h))
         | (Bound::Excluded(l), Bound::Excluded(h)) => l >= h,
         _ => false,
+    }
+}
+
+/// One sorted source of a lending scan.
+enum Source<'a> {
+    Mem(MemCursor<'a>),
+    Run(RunCursor<'a>),
+}
+
+impl Source<'_> {
+    fn key(&self) -> Option<&[u8]> {
+        match self {
+            Source::Mem(c) => c.key(),
+            Source::Run(c) => c.key(),
+        }
+    }
+
+    fn version(&self) -> Lent<'_> {
+        match self {
+            Source::Mem(c) => c.version(),
+            Source::Run(c) => c.version(),
+        }
+    }
+
+    fn advance(&mut self) -> Result<()> {
+        match self {
+            Source::Mem(c) => {
+                c.advance();
+                Ok(())
+            }
+            Source::Run(c) => c.advance(),
+        }
+    }
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Calls `f` with each live entry of `range` in the snapshot, in key
+/// order, until it returns false: a merge of one cursor per memtable,
+/// per level-0 table and per deeper level, each lending its bytes (no
+/// copies, no chunks). Of a key's versions the newest wins.
+pub(crate) fn for_each(
+    snap: &Snapshot,
+    range: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    if empty_range(&range.0, &range.1) {
+        return Ok(());
+    }
+    let lo = as_ref(&range.0);
+    let mut sources = Vec::new();
+    for m in &snap.mems {
+        sources.push(Source::Mem(MemCursor::seek(m, lo, snap.seq)));
+    }
+    for (level, tables) in snap.version.levels.iter().enumerate() {
+        if level == 0 {
+            for t in tables.iter().filter(|t| overlaps(t, range)) {
+                sources.push(Source::Run(RunCursor::seek(std::slice::from_ref(t), &snap.cache, lo)?));
+            }
+        } else if !tables.is_empty() {
+            sources.push(Source::Run(RunCursor::seek(tables, &snap.cache, lo)?));
+        }
+    }
+    let mut key = Vec::new();
+    loop {
+        // The smallest current key, at its newest version among the sources.
+        let mut best: Option<(usize, &[u8], u64)> = None;
+        for (i, s) in sources.iter().enumerate() {
+            let Some(k) = s.key() else { continue };
+            let newer = match best {
+                None => true,
+                Some((_, bk, bseq)) => match k.cmp(bk) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Equal => s.version().0 > bseq,
+                    std::cmp::Ordering::Greater => false,
+                },
+            };
+            if newer {
+                best = Some((i, k, s.version().0));
+            }
+        }
+        let Some((b, k, _)) = best else { return Ok(()) };
+        let past = match &range.1 {
+            Bound::Included(h) => k > h.as_slice(),
+            Bound::Excluded(h) => k >= h.as_slice(),
+            Bound::Unbounded => false,
+        };
+        if past {
+            return Ok(());
+        }
+        key.clear();
+        key.extend_from_slice(k);
+        if let (_, Some((v, exp))) = sources[b].version() {
+            if (exp == 0 || exp > snap.now) && !f(&key, v) {
+                return Ok(());
+            }
+        }
+        for s in &mut sources {
+            if s.key() == Some(key.as_slice()) {
+                s.advance()?;
+            }
+        }
     }
 }
 

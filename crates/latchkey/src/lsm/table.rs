@@ -15,6 +15,7 @@
 //! key suffix, value`; a data entry's value is `kind u8 (1 put, 2 delete),
 //! seq u64, expires_at u64, value bytes`.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -245,6 +246,160 @@ impl RawBlock {
             true
         });
         out
+    }
+}
+
+/// A version as a scan lends it: the sequence number, and the value bytes
+/// with their expiry (`None` for a delete).
+pub(crate) type Lent<'a> = (u64, Option<(&'a [u8], u64)>);
+
+/// Reads a stored entry value (validated by [`RawBlock::parse`]: at least
+/// 17 bytes, kind 1 or 2).
+fn lend_value(v: &[u8]) -> Lent<'_> {
+    let seq = u64_at(v, 1).unwrap_or(0);
+    match v[0] {
+        1 => (seq, Some((&v[17..], u64_at(v, 9).unwrap_or(0)))),
+        _ => (seq, None),
+    }
+}
+
+/// A forward position inside one block: the entry at `at`, its whole key
+/// rebuilt in `key`, its value at `value`.
+struct BlockCursor {
+    block: Arc<RawBlock>,
+    at: usize,
+    key: Vec<u8>,
+    value: std::ops::Range<usize>,
+}
+
+impl BlockCursor {
+    /// At the block's first entry whose key is not below `lo`.
+    fn seek(block: Arc<RawBlock>, lo: Bound<&[u8]>) -> BlockCursor {
+        let from = match lo {
+            Bound::Included(k) | Bound::Excluded(k) => {
+                let (mut a, mut b) = (0, block.restarts.len());
+                while a < b {
+                    let mid = (a + b) / 2;
+                    if block.restart_key(mid) < k {
+                        a = mid + 1;
+                    } else {
+                        b = mid;
+                    }
+                }
+                block.restarts.get(a.saturating_sub(1)).map_or(0, |&r| r as usize)
+            }
+            Bound::Unbounded => 0,
+        };
+        let mut c = BlockCursor { block, at: from, key: Vec::new(), value: 0..0 };
+        c.load();
+        while c.valid()
+            && match lo {
+                Bound::Included(k) => c.key.as_slice() < k,
+                Bound::Excluded(k) => c.key.as_slice() <= k,
+                Bound::Unbounded => false,
+            }
+        {
+            c.advance();
+        }
+        c
+    }
+
+    fn valid(&self) -> bool {
+        self.at < self.block.entries_end
+    }
+
+    /// Decodes the entry at `at` (if any) into `key` and `value`.
+    fn load(&mut self) {
+        if !self.valid() {
+            return;
+        }
+        let b = &self.block.body;
+        let at = self.at;
+        let (shared, unshared, vlen) = (
+            u32_at(b, at).unwrap_or(0) as usize,
+            u32_at(b, at + 4).unwrap_or(0) as usize,
+            u32_at(b, at + 8).unwrap_or(0) as usize,
+        );
+        self.key.truncate(shared);
+        self.key.extend_from_slice(&b[at + 12..at + 12 + unshared]);
+        self.value = at + 12 + unshared..at + 12 + unshared + vlen;
+    }
+
+    fn advance(&mut self) {
+        self.at = self.value.end;
+        self.load();
+    }
+}
+
+/// A forward cursor over a sorted run of tables with disjoint key ranges
+/// (a deeper level, or a single level-0 table), lending each entry from
+/// the cached block it lies in.
+pub(crate) struct RunCursor<'a> {
+    tables: &'a [Arc<Table>],
+    cache: &'a BlockCache,
+    table: usize,
+    block: usize,
+    cur: Option<BlockCursor>,
+}
+
+impl<'a> RunCursor<'a> {
+    /// At the run's first entry not below `lo`.
+    pub(crate) fn seek(tables: &'a [Arc<Table>], cache: &'a BlockCache, lo: Bound<&[u8]>) -> Result<Self> {
+        let table = match lo {
+            Bound::Included(k) | Bound::Excluded(k) => tables.partition_point(|t| t.largest.as_slice() < k),
+            Bound::Unbounded => 0,
+        };
+        let block = match (tables.get(table), lo) {
+            (Some(t), Bound::Included(k) | Bound::Excluded(k)) => t.block_for(k),
+            _ => 0,
+        };
+        let mut c = RunCursor { tables, cache, table, block, cur: None };
+        if let Some(t) = tables.get(table) {
+            if block < t.blocks() {
+                c.cur = Some(BlockCursor::seek(t.raw_block(block, Some(cache))?, lo));
+            }
+        }
+        c.settle()?;
+        Ok(c)
+    }
+
+    /// Moves past exhausted blocks and tables to the next entry, if any.
+    fn settle(&mut self) -> Result<()> {
+        while !self.cur.as_ref().is_some_and(BlockCursor::valid) {
+            let Some(t) = self.tables.get(self.table) else {
+                self.cur = None;
+                return Ok(());
+            };
+            if self.cur.take().is_some() {
+                self.block += 1;
+            }
+            if self.block >= t.blocks() {
+                self.table += 1;
+                self.block = 0;
+                continue;
+            }
+            let block = t.raw_block(self.block, Some(self.cache))?;
+            self.cur = Some(BlockCursor::seek(block, Bound::Unbounded));
+        }
+        Ok(())
+    }
+
+    /// The current entry's key, if the run is not exhausted.
+    pub(crate) fn key(&self) -> Option<&[u8]> {
+        self.cur.as_ref().map(|c| c.key.as_slice())
+    }
+
+    /// The current entry's version (call only when `key` is some).
+    pub(crate) fn version(&self) -> Lent<'_> {
+        let c = self.cur.as_ref().expect("a current entry");
+        lend_value(&c.block.body[c.value.clone()])
+    }
+
+    pub(crate) fn advance(&mut self) -> Result<()> {
+        if let Some(c) = &mut self.cur {
+            c.advance();
+        }
+        self.settle()
     }
 }
 
