@@ -20,11 +20,14 @@ use super::Value;
 
 const INDEX_SHARDS: usize = 16;
 
+/// A skiplist key: the user key, then newest version first.
+type VersionKey = (Vec<u8>, Reverse<u64>);
+
 type Index = HashMap<Vec<u8>, (u64, Value), foldhash::fast::FixedState>;
 
 /// One memtable and the write-ahead log that holds the same writes.
 pub(crate) struct Memtable {
-    map: SkipMap<(Vec<u8>, Reverse<u64>), Value>,
+    map: SkipMap<VersionKey, Value>,
     /// Key -> its newest version in `map` (sequence number and value).
     newest: Box<[RwLock<Index>]>,
     bytes: AtomicUsize,
@@ -166,7 +169,7 @@ impl Memtable {
 /// A forward cursor over a memtable's keys, each at its newest version at
 /// or below a snapshot, lending key and value from the skiplist.
 pub(crate) struct MemCursor<'a> {
-    cur: Option<Entry<'a, (Vec<u8>, Reverse<u64>), Value>>,
+    cur: Option<Entry<'a, VersionKey, Value>>,
     snapshot: u64,
 }
 
