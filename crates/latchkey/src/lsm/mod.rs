@@ -54,7 +54,9 @@ use version::Version;
 /// A version of a key: a value with its expiry (0 = none), or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Value {
-    Put(Vec<u8>, u64),
+    /// The bytes (shared, so the memtable's skiplist and point-read index
+    /// hold one copy) and the expiry.
+    Put(Arc<[u8]>, u64),
     Delete,
 }
 
@@ -69,7 +71,7 @@ impl Value {
     /// The value and expiry, if live at `now`.
     fn live(self, now: u64) -> Option<(Vec<u8>, u64)> {
         match self {
-            Value::Put(v, exp) if exp == 0 || exp > now => Some((v, exp)),
+            Value::Put(v, exp) if exp == 0 || exp > now => Some((v.to_vec(), exp)),
             _ => None,
         }
     }
@@ -374,7 +376,7 @@ impl Inner {
             for op in &batch.ops {
                 match op {
                     Op::Put { key, value, expires_at } => {
-                        st.active.insert(key, seq, Value::Put(value.clone(), *expires_at))
+                        st.active.insert(key, seq, Value::Put(Arc::from(value.as_slice()), *expires_at))
                     }
                     Op::Delete { key } => st.active.insert(key, seq, Value::Delete),
                 }
@@ -433,9 +435,7 @@ impl Inner {
             let id = self.next_file.fetch_add(1, Ordering::AcqRel);
             let tmp = self.dir.join(format!("{}.tmp", table::table_name(id)));
             let mut b = TableBuilder::create(&tmp)?;
-            for (k, seq, value) in mem.newest() {
-                b.add(&k, seq, &value)?;
-            }
+            mem.for_each_newest(|k, seq, value| b.add(k, seq, value))?;
             let size = b.finish()?;
             crate::fs::rename(&tmp, &self.dir.join(table::table_name(id)))?;
             self.counters.disk_bytes.fetch_add(size, Ordering::Relaxed);
@@ -665,7 +665,7 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
             let r = f.record;
             max_seq = max_seq.max(r.seq);
             match r.kind {
-                Kind::Put => mem.insert(r.key, r.seq, Value::Put(r.value.to_vec(), r.expires_at)),
+                Kind::Put => mem.insert(r.key, r.seq, Value::Put(Arc::from(r.value), r.expires_at)),
                 Kind::Delete => mem.insert(r.key, r.seq, Value::Delete),
                 _ => {}
             }
@@ -689,9 +689,7 @@ fn recover(dir: &Path, _opts: &Options) -> Result<Recovered> {
         next_id += 1;
         let tmp = dir.join(format!("{}.tmp", table::table_name(id)));
         let mut b = TableBuilder::create(&tmp)?;
-        for (k, seq, value) in mem.newest() {
-            b.add(&k, seq, &value)?;
-        }
+        mem.for_each_newest(|k, seq, value| b.add(k, seq, value))?;
         b.finish()?;
         crate::fs::rename(&tmp, &dir.join(table::table_name(id)))?;
         version.levels[0].push(Arc::new(Table::open(dir, id)?));

@@ -426,7 +426,7 @@ fn decode_value(path: &Path, offset: u64, b: &[u8]) -> Result<(u64, Value)> {
         return Err(Error::corruption(path, offset, "table entry value cut short"));
     };
     match b[0] {
-        1 => Ok((seq, Value::Put(b[17..].to_vec(), exp))),
+        1 => Ok((seq, Value::Put(Arc::from(&b[17..]), exp))),
         2 => Ok((seq, Value::Delete)),
         _ => Err(Error::corruption(path, offset, "unknown table entry kind")),
     }
@@ -689,7 +689,7 @@ mod tests {
     fn build(dir: &Path, n: u32) -> Table {
         let mut b = TableBuilder::create(&dir.join(table_name(1))).unwrap();
         for i in 0..n {
-            let v = if i % 7 == 0 { Value::Delete } else { Value::Put(vec![i as u8; (i % 50) as usize], 0) };
+            let v = if i % 7 == 0 { Value::Delete } else { Value::Put(vec![i as u8; (i % 50) as usize].into(), 0) };
             b.add(format!("key{i:06}").as_bytes(), i as u64, &v).unwrap();
         }
         b.finish().unwrap();
