@@ -1,24 +1,27 @@
-//! The memtable: an ordered map of the writes since the last flush, by key
-//! and then newest first, so a snapshot read takes the first version at or
-//! below its sequence number. Beside it, a hash index of each key's newest
-//! version answers point reads without a search of the ordered map; a read
-//! falls back to the map only when the newest version is newer than its
-//! snapshot (a batch still being applied).
+//! The memtable: the writes since the last flush, kept three ways.
 //!
-//! The ordered map is a B-tree behind a reader-writer lock. Writes are
-//! already one at a time (the engine's writer lock), and a B-tree insert
-//! is a few times cheaper than a lock-free skiplist's (1.25-1.8 us per
-//! insert into a 100k-entry crossbeam skiplist against 0.4-0.5 us here;
-//! the skiplist was ~35% of `fillrandom`). Readers hold the lock only to
-//! copy out a few entries at a time (keys inline, values shared), never
-//! across a caller's code.
+//! - A hash index of each key's newest version answers point reads, and
+//!   gives a flush the keys it writes (sorted then, once).
+//! - Every version is appended to a pending list as it arrives: a write
+//!   costs a push and an index update, no ordered insert.
+//! - An ordered map (a B-tree of every version, by key and then newest
+//!   first) is built from the pending list only when something needs order
+//!   or an older version: a scan, or a point read whose snapshot is older
+//!   than the key's newest version (a batch still being applied). A
+//!   write-only memtable never builds it.
+//!
+//! Ordered inserts were most of the write path: a crossbeam skiplist insert
+//! into a 100k-entry memtable cost 1.25-1.8 us (~35% of `fillrandom`), a
+//! B-tree insert 0.4-0.5 us (~18% of `fillrandom`, ~25% of a server SET).
+//! Readers hold the map's lock only to copy out a few entries at a time
+//! (keys inline, values shared), never across a caller's code.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
 use super::table::Lent;
@@ -34,12 +37,17 @@ type MemKey = SmallVec<[u8; 24]>;
 /// A map key: the user key, then newest version first.
 type VersionKey = (MemKey, Reverse<u64>);
 
+type Ordered = BTreeMap<VersionKey, Value>;
+
 type Index = HashMap<MemKey, (u64, Value), foldhash::fast::FixedState>;
 
 /// One memtable and the write-ahead log that holds the same writes.
 pub(crate) struct Memtable {
-    map: RwLock<BTreeMap<VersionKey, Value>>,
-    /// Key -> its newest version in `map` (sequence number and value).
+    /// Versions not yet in `map`, in arrival order.
+    pending: Mutex<Vec<(MemKey, u64, Value)>>,
+    /// Every version moved out of `pending` so far, in order.
+    map: RwLock<Ordered>,
+    /// Key -> its newest version (sequence number and value).
     newest: Box<[RwLock<Index>]>,
     bytes: AtomicUsize,
     /// The id of this memtable's write-ahead log.
@@ -49,7 +57,13 @@ pub(crate) struct Memtable {
 impl Memtable {
     pub(crate) fn new(wal: u64) -> Self {
         let newest = (0..INDEX_SHARDS).map(|_| RwLock::new(Index::default())).collect();
-        Memtable { map: RwLock::new(BTreeMap::new()), newest, bytes: AtomicUsize::new(0), wal }
+        Memtable {
+            pending: Mutex::new(Vec::new()),
+            map: RwLock::new(BTreeMap::new()),
+            newest,
+            bytes: AtomicUsize::new(0),
+            wal,
+        }
     }
 
     fn shard(&self, key: &[u8]) -> &RwLock<Index> {
@@ -63,13 +77,12 @@ impl Memtable {
         Memtable { wal, ..self }
     }
 
-    /// Adds a version. The ordered map first, then the index, so a reader
-    /// that finds the index entry finds the version in the map too.
-    /// (The index's copy of the value is not counted in `bytes`: a
-    /// memtable may hold up to twice its counted size.)
+    /// Adds a version: to the pending list first, then the index, so a
+    /// reader that finds the index entry finds the version in order too.
+    /// (The value's bytes are shared by both.)
     pub(crate) fn insert(&self, key: &[u8], seq: u64, value: Value) {
         self.bytes.fetch_add(key.len() + value.len() + 32, Ordering::Relaxed);
-        self.map.write().insert((MemKey::from_slice(key), Reverse(seq)), value.clone());
+        self.pending.lock().push((MemKey::from_slice(key), seq, value.clone()));
         let mut index = self.shard(key).write();
         match index.get_mut(key) {
             Some(e) if e.0 > seq => {}
@@ -86,7 +99,21 @@ impl Memtable {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.read().is_empty()
+        self.newest.iter().all(|s| s.read().is_empty())
+    }
+
+    /// The ordered map, with every version inserted before this call in it
+    /// (pending versions are moved in first).
+    fn ordered(&self) -> RwLockReadGuard<'_, Ordered> {
+        if self.pending.lock().is_empty() {
+            return self.map.read();
+        }
+        let mut map = self.map.write();
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for (k, seq, v) in pending {
+            map.insert((k, Reverse(seq)), v);
+        }
+        RwLockWriteGuard::downgrade(map)
     }
 
     /// The newest version of `key` at or below `snapshot`.
@@ -99,22 +126,28 @@ impl Memtable {
             Some(_) => {}
         }
         let from = (MemKey::from_slice(key), Reverse(snapshot));
-        let map = self.map.read();
+        let map = self.ordered();
         let ((k, seq), v) = map.range(from..).next()?;
         (k.as_slice() == key).then(|| (seq.0, v.clone()))
     }
 
     /// Calls `f` with every key's newest version (for a flush), in key
-    /// order, until it fails. Holds the map's read lock throughout: only
-    /// for a memtable no longer written.
+    /// order, until it fails. Reads the index, sorted once, holding its
+    /// read locks throughout: only for a memtable no longer written.
     pub(crate) fn for_each_newest<E>(&self, mut f: impl FnMut(&[u8], u64, &Value) -> Result<(), E>) -> Result<(), E> {
-        let map = self.map.read();
-        let mut last: Option<&MemKey> = None;
-        for ((k, Reverse(seq)), v) in map.iter() {
-            if last == Some(k) {
-                continue;
-            }
-            last = Some(k);
+        let shards: Vec<_> = self.newest.iter().map(|s| s.read()).collect();
+        // Sorted by each key's first 8 bytes, held inline, then the key:
+        // most comparisons then read no key.
+        let prefix = |k: &[u8]| {
+            let mut p = [0u8; 8];
+            let n = k.len().min(8);
+            p[..n].copy_from_slice(&k[..n]);
+            u64::from_be_bytes(p)
+        };
+        let mut all: Vec<(u64, &MemKey, &(u64, Value))> =
+            shards.iter().flat_map(|s| s.iter()).map(|(k, e)| (prefix(k), k, e)).collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+        for (_, k, (seq, v)) in all {
             f(k, *seq, v)?;
         }
         Ok(())
@@ -141,7 +174,7 @@ impl Memtable {
             Bound::Excluded(k) => Bound::Excluded((MemKey::from_slice(k), Reverse(u64::MAX))),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let map = self.map.read();
+        let map = self.ordered();
         let range = map.range((lo, hi));
         let mut push = |k: &[u8], seq: u64, v: &Value, forward: bool| -> bool {
             if seq > snapshot {
@@ -216,7 +249,7 @@ impl<'a> MemCursor<'a> {
     /// Copies the next chunk of keys into the buffer (when it is empty).
     fn refill(&mut self) {
         let Some(from) = self.from.take() else { return };
-        let map = self.m.map.read();
+        let map = self.m.ordered();
         for ((k, Reverse(seq)), v) in map.range((from, Bound::Unbounded)) {
             if *seq > self.snapshot || self.buf.back().is_some_and(|b| &b.0 == k) {
                 continue;

@@ -16,7 +16,7 @@
 //! seq u64, expires_at u64, value bytes`.
 
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use super::Value;
@@ -25,6 +25,8 @@ use crate::fs::File;
 use crate::log::{file_header, FileKind, FILE_HEADER_LEN};
 
 const BLOCK_SIZE: usize = 4096;
+/// A table builder writes its finished blocks in pieces of about this size.
+const WRITE_CHUNK: usize = 256 << 10;
 const RESTART_INTERVAL: usize = 16;
 const FOOTER_LEN: usize = 48;
 const FOOTER_MAGIC: &[u8; 4] = b"LKSF";
@@ -55,18 +57,22 @@ struct BlockBuilder {
 }
 
 impl BlockBuilder {
-    fn add(&mut self, key: &[u8], value: &[u8]) {
+    /// Adds an entry whose value is `parts`, back to back.
+    fn add(&mut self, key: &[u8], parts: &[&[u8]]) {
         let shared = if self.count.is_multiple_of(RESTART_INTERVAL) {
             self.restarts.push(self.buf.len() as u32);
             0
         } else {
             key.iter().zip(&self.last_key).take_while(|(a, b)| a == b).count()
         };
-        for x in [shared as u32, (key.len() - shared) as u32, value.len() as u32] {
+        let vlen: usize = parts.iter().map(|p| p.len()).sum();
+        for x in [shared as u32, (key.len() - shared) as u32, vlen as u32] {
             self.buf.extend_from_slice(&x.to_le_bytes());
         }
         self.buf.extend_from_slice(&key[shared..]);
-        self.buf.extend_from_slice(value);
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
         self.last_key.clear();
         self.last_key.extend_from_slice(key);
         self.count += 1;
@@ -76,18 +82,21 @@ impl BlockBuilder {
         self.buf.len() + self.restarts.len() * 4 + 8
     }
 
-    fn finish(&mut self) -> Vec<u8> {
-        let mut out = std::mem::take(&mut self.buf);
+    /// Appends the block (entries, restarts, checksum) to `out` and starts
+    /// a new one.
+    fn finish_into(&mut self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.buf);
         for r in &self.restarts {
             out.extend_from_slice(&r.to_le_bytes());
         }
         out.extend_from_slice(&(self.restarts.len() as u32).to_le_bytes());
-        let crc = crc32c::crc32c(&out);
+        let crc = crc32c::crc32c(&out[start..]);
         out.extend_from_slice(&crc.to_le_bytes());
+        self.buf.clear();
         self.restarts.clear();
         self.last_key.clear();
         self.count = 0;
-        out
     }
 }
 
@@ -403,24 +412,6 @@ impl<'a> RunCursor<'a> {
     }
 }
 
-fn encode_value(seq: u64, v: &Value) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17 + v.len());
-    match v {
-        Value::Put(data, exp) => {
-            out.push(1);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(&exp.to_le_bytes());
-            out.extend_from_slice(data);
-        }
-        Value::Delete => {
-            out.push(2);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(&0u64.to_le_bytes());
-        }
-    }
-    out
-}
-
 fn decode_value(path: &Path, offset: u64, b: &[u8]) -> Result<(u64, Value)> {
     let (Some(seq), Some(exp)) = (u64_at(b, 1), u64_at(b, 9)) else {
         return Err(Error::corruption(path, offset, "table entry value cut short"));
@@ -444,11 +435,12 @@ fn bloom_positions((h1, h2): (u64, u64), bits: usize) -> impl Iterator<Item = us
 /// Writes a table from entries given in key order.
 pub(crate) struct TableBuilder {
     file: File,
-    path: PathBuf,
+    /// Where the next byte goes: bytes written to the file plus `out`.
     offset: u64,
+    /// Finished blocks not yet written (written in large pieces).
+    out: Vec<u8>,
     block: BlockBuilder,
     index: BlockBuilder,
-    pending_index: Option<Vec<u8>>,
     hashes: Vec<(u64, u64)>,
     entries: u64,
     max_seq: u64,
@@ -463,11 +455,10 @@ impl TableBuilder {
         file.write_all_at(&file_header(FileKind::Table), 0)?;
         Ok(TableBuilder {
             file,
-            path: path.to_owned(),
             offset: FILE_HEADER_LEN,
+            out: Vec::with_capacity(WRITE_CHUNK + BLOCK_SIZE * 2),
             block: BlockBuilder::default(),
             index: BlockBuilder::default(),
-            pending_index: None,
             hashes: Vec::new(),
             entries: 0,
             max_seq: 0,
@@ -482,7 +473,20 @@ impl TableBuilder {
         }
         self.largest.clear();
         self.largest.extend_from_slice(key);
-        self.block.add(key, &encode_value(seq, value));
+        let mut head = [0u8; 17];
+        head[1..9].copy_from_slice(&seq.to_le_bytes());
+        let data: &[u8] = match value {
+            Value::Put(data, exp) => {
+                head[0] = 1;
+                head[9..].copy_from_slice(&exp.to_le_bytes());
+                data
+            }
+            Value::Delete => {
+                head[0] = 2;
+                &[]
+            }
+        };
+        self.block.add(key, &[&head, data]);
         self.hashes.push(bloom_hashes(key));
         self.entries += 1;
         self.max_seq = self.max_seq.max(seq);
@@ -501,21 +505,33 @@ impl TableBuilder {
         if self.block.count == 0 {
             return Ok(());
         }
-        let last = self.block.last_key.clone();
-        let bytes = self.block.finish();
-        self.file.write_all_at(&bytes, self.offset)?;
-        let mut handle = self.offset.to_le_bytes().to_vec();
-        handle.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        self.index.add(&last, &handle);
-        self.offset += bytes.len() as u64;
-        self.pending_index = None;
+        let start = self.out.len();
+        let at = self.offset;
+        let last = std::mem::take(&mut self.block.last_key);
+        self.block.finish_into(&mut self.out);
+        let len = (self.out.len() - start) as u32;
+        self.index.add(&last, &[&at.to_le_bytes(), &len.to_le_bytes()]);
+        self.block.last_key = last;
+        self.offset += u64::from(len);
+        if self.out.len() >= WRITE_CHUNK {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the finished blocks held in `out`.
+    fn write_out(&mut self) -> Result<()> {
+        self.file.write_all_at(&self.out, self.offset - self.out.len() as u64)?;
+        self.out.clear();
         Ok(())
     }
 
     /// Writes the index, bloom filter and footer, and syncs the file.
     pub(crate) fn finish(mut self) -> Result<u64> {
         self.flush_block()?;
-        let index = self.index.finish();
+        self.write_out()?;
+        let mut index = Vec::new();
+        self.index.finish_into(&mut index);
         let index_off = self.offset;
         self.file.write_all_at(&index, index_off)?;
         self.offset += index.len() as u64;
@@ -545,7 +561,6 @@ impl TableBuilder {
         self.file.write_all_at(&footer, self.offset)?;
         self.offset += footer.len() as u64;
         self.file.sync_data()?;
-        let _ = &self.path;
         Ok(self.offset)
     }
 }
