@@ -34,6 +34,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use smallvec::SmallVec;
 
 use crate::background::Background;
 use crate::batch::{Op, WriteBatch};
@@ -306,7 +307,8 @@ impl Inner {
         let snap = self.visible_seq.load(Ordering::Acquire);
         let (mems, version) = {
             let st = self.state.read();
-            let mut mems = vec![Arc::clone(&st.active)];
+            let mut mems: SmallVec<[Arc<Memtable>; 4]> = SmallVec::new();
+            mems.push(Arc::clone(&st.active));
             mems.extend(st.immutables.iter().cloned());
             (mems, Arc::clone(&st.version))
         };
@@ -316,28 +318,35 @@ impl Inner {
                 return Ok(v.live(now));
             }
         }
+        drop(mems);
         let mut probes = 0;
+        let live =
+            |(_, v): table::Lent<'_>| v.filter(|&(_, exp)| exp == 0 || exp > now).map(|(d, exp)| (d.to_vec(), exp));
         let mut found = None;
         'levels: for (level, tables) in version.levels.iter().enumerate() {
-            let candidates: Vec<&Arc<Table>> = if level == 0 {
-                tables.iter().filter(|t| t.overlaps(key, key)).collect()
+            let deeper = if level == 0 {
+                None
             } else {
                 let i = tables.partition_point(|t| t.largest.as_slice() < key);
-                tables.get(i).filter(|t| t.overlaps(key, key)).into_iter().collect()
+                Some(tables.get(i).filter(|t| t.overlaps(key, key)))
+            };
+            let candidates: &mut dyn Iterator<Item = &Arc<Table>> = match &deeper {
+                None => &mut tables.iter().filter(|t| t.overlaps(key, key)),
+                Some(t) => &mut t.iter().copied(),
             };
             for t in candidates {
                 if !t.may_contain(key) {
                     continue;
                 }
                 probes += 1;
-                if let Some((_, v)) = t.get(key, &self.cache)? {
-                    found = Some(v);
+                if let Some(v) = t.get_with(key, &self.cache, live)? {
+                    found = v;
                     break 'levels;
                 }
             }
         }
         self.counters.probes.fetch_add(probes, Ordering::Relaxed);
-        Ok(found.and_then(|v| v.live(now)))
+        Ok(found)
     }
 
     /// Writers wait while too many memtables await a flush.

@@ -17,6 +17,8 @@
 
 use std::ops::Bound;
 use std::path::Path;
+
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 use super::Value;
@@ -201,8 +203,8 @@ impl RawBlock {
 
     /// Calls `f` for the entries from byte `at` on, with each full key,
     /// until `f` returns false.
-    fn walk(&self, mut at: usize, mut f: impl FnMut(&[u8], &[u8]) -> bool) {
-        let mut key = Vec::new();
+    fn walk<'s>(&'s self, mut at: usize, mut f: impl FnMut(&[u8], &'s [u8]) -> bool) {
+        let mut key: SmallVec<[u8; 64]> = SmallVec::new();
         while at < self.entries_end {
             let b = &self.body;
             let (shared, unshared, vlen) = (
@@ -220,8 +222,8 @@ impl RawBlock {
         }
     }
 
-    /// The entry of `key`, found through the restart points.
-    fn seek(&self, key: &[u8]) -> Option<(u64, Value)> {
+    /// The entry of `key`, found through the restart points, lent to `f`.
+    fn seek_with<R>(&self, key: &[u8], f: impl FnOnce(Lent<'_>) -> R) -> Option<R> {
         // The last restart point whose key is <= `key`.
         let (mut lo, mut hi) = (0, self.restarts.len());
         while lo < hi {
@@ -237,12 +239,12 @@ impl RawBlock {
         self.walk(from, |k, v| match k.cmp(key) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Equal => {
-                found = Some(v.to_vec());
+                found = Some(v);
                 false
             }
             std::cmp::Ordering::Greater => false,
         });
-        found.and_then(|v| decode_value(Path::new(""), 0, &v).ok())
+        found.map(|v| f(lend_value(v)))
     }
 
     /// Every entry, decoded.
@@ -576,6 +578,11 @@ pub(crate) struct Table {
     pub(crate) id: u64,
     file: File,
     index: Vec<(Vec<u8>, u64, u32)>,
+    /// Each block's last key, 8 bytes of it past `skip` (big-endian):
+    /// a block search compares these inline and reads few keys.
+    index_prefix: Vec<u64>,
+    /// The length of the prefix every key of the table shares.
+    skip: usize,
     bloom: Vec<u8>,
     pub(crate) entries: u64,
     pub(crate) max_seq: u64,
@@ -640,7 +647,9 @@ impl Table {
             None => Vec::new(),
         };
         let largest = index.last().map(|(k, _, _)| k.clone()).unwrap_or_default();
-        Ok(Table { id, file, index, bloom, entries, max_seq, size, smallest, largest })
+        let skip = smallest.iter().zip(&largest).take_while(|(a, b)| a == b).count();
+        let index_prefix = index.iter().map(|(k, _, _)| prefix_past(k, skip)).collect();
+        Ok(Table { id, file, index, index_prefix, skip, bloom, entries, max_seq, size, smallest, largest })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -663,7 +672,17 @@ impl Table {
 
     /// The index of the first block whose last key is >= `key`.
     pub(crate) fn block_for(&self, key: &[u8]) -> usize {
-        self.index.partition_point(|(last, _, _)| last.as_slice() < key)
+        if key <= self.smallest.as_slice() {
+            return 0;
+        }
+        if key > self.largest.as_slice() {
+            return self.index.len();
+        }
+        // Between the smallest and largest keys, `key` shares their prefix.
+        let p = prefix_past(key, self.skip);
+        let lo = self.index_prefix.partition_point(|&x| x < p);
+        let hi = lo + self.index_prefix[lo..].partition_point(|&x| x == p);
+        lo + self.index[lo..hi].partition_point(|(last, _, _)| last.as_slice() < key)
     }
 
     /// Reads (or takes from the cache) data block `i`, as stored.
@@ -689,12 +708,32 @@ impl Table {
 
     /// The entry of `key`, if the table has one.
     pub(crate) fn get(&self, key: &[u8], cache: &BlockCache) -> Result<Option<(u64, Value)>> {
+        self.get_with(key, cache, |(seq, v)| (seq, v.map_or(Value::Delete, |(d, exp)| Value::Put(d.into(), exp))))
+    }
+
+    /// The entry of `key`, if the table has one, lent to `f`.
+    pub(crate) fn get_with<R>(
+        &self,
+        key: &[u8],
+        cache: &BlockCache,
+        f: impl FnOnce(Lent<'_>) -> R,
+    ) -> Result<Option<R>> {
         let i = self.block_for(key);
         if i >= self.index.len() {
             return Ok(None);
         }
-        Ok(self.raw_block(i, Some(cache))?.seek(key))
+        Ok(self.raw_block(i, Some(cache))?.seek_with(key, f))
     }
+}
+
+/// Eight bytes of `key` from byte `skip` on, big-endian (zeros past its
+/// end): ordered as the keys are, ties broken by the keys themselves.
+fn prefix_past(key: &[u8], skip: usize) -> u64 {
+    let rest = key.get(skip..).unwrap_or_default();
+    let mut p = [0u8; 8];
+    let n = rest.len().min(8);
+    p[..n].copy_from_slice(&rest[..n]);
+    u64::from_be_bytes(p)
 }
 
 #[cfg(test)]
@@ -725,6 +764,48 @@ mod tests {
         let passed = (0..10_000).filter(|i| t.may_contain(format!("absent{i}").as_bytes())).count();
         assert!(passed < 200, "bloom filter passed {passed} of 10000 absent keys");
         assert_eq!((t.smallest.as_slice(), t.largest.as_slice()), (&b"key000000"[..], &b"key004999"[..]));
+    }
+
+    /// The block search by inline prefixes agrees with a search of the
+    /// whole last keys, for keys inside, outside and between the table's
+    /// keys, of every length (keys share a long prefix; some are prefixes
+    /// of others).
+    #[test]
+    fn block_search_by_prefix_matches_the_plain_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for i in 0..3000u32 {
+            let mut k = b"common/prefix/".to_vec();
+            k.extend_from_slice(format!("{:x}", i * 7919 % 4096).as_bytes());
+            k.extend(std::iter::repeat_n(b'z', (i % 5) as usize));
+            keys.push(k);
+        }
+        keys.sort();
+        keys.dedup();
+        let mut b = TableBuilder::create(&dir.path().join(table_name(1))).unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            b.add(k, i as u64, &Value::Put(vec![0u8; 60].into(), 0)).unwrap();
+        }
+        b.finish().unwrap();
+        let t = Table::open(dir.path(), 1).unwrap();
+        assert!(t.blocks() > 20 && t.skip >= 14);
+        let plain = |key: &[u8]| t.index.partition_point(|(last, _, _)| last.as_slice() < key);
+        let mut probes: Vec<Vec<u8>> = keys.clone();
+        for k in &keys {
+            let mut shorter = k.clone();
+            shorter.pop();
+            let mut longer = k.clone();
+            longer.push(0);
+            probes.extend([shorter, longer]);
+        }
+        probes.extend([b"".to_vec(), b"common".to_vec(), b"common/prefix/".to_vec(), b"zzz".to_vec(), b"a".to_vec()]);
+        for p in &probes {
+            assert_eq!(t.block_for(p), plain(p), "key {:?}", String::from_utf8_lossy(p));
+        }
+        let cache = BlockCache::new(1 << 20);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.get(k, &cache).unwrap().map(|e| e.0), Some(i as u64));
+        }
     }
 
     /// Regression: a filter whose bit count was not a multiple of 8 was
