@@ -5,7 +5,6 @@
 //! its share of the capacity.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -14,34 +13,30 @@ const SHARDS: usize = 16;
 
 type Key = (u64, u32);
 
-pub(crate) struct BlockCache<V> {
+pub(crate) struct BlockCache<V: ?Sized> {
     shards: Box<[Mutex<Shard<V>>]>,
     /// Bytes each shard may hold.
     shard_capacity: usize,
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
 }
 
-struct Shard<V> {
+struct Shard<V: ?Sized> {
     map: HashMap<Key, (Arc<V>, usize), foldhash::fast::FixedState>,
     order: VecDeque<Key>,
     bytes: usize,
 }
 
-impl<V> Default for Shard<V> {
+impl<V: ?Sized> Default for Shard<V> {
     fn default() -> Self {
         Shard { map: HashMap::default(), order: VecDeque::new(), bytes: 0 }
     }
 }
 
-impl<V> BlockCache<V> {
+impl<V: ?Sized> BlockCache<V> {
     /// A cache of at most about `capacity` bytes (0: keeps nothing).
     pub(crate) fn new(capacity: usize) -> Self {
         BlockCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity: capacity / SHARDS,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
         }
     }
 
@@ -51,10 +46,7 @@ impl<V> BlockCache<V> {
     }
 
     pub(crate) fn get(&self, key: Key) -> Option<Arc<V>> {
-        let hit = self.shard(key).lock().map.get(&key).map(|(b, _)| Arc::clone(b));
-        let counter = if hit.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
-        hit
+        self.shard(key).lock().map.get(&key).map(|(b, _)| Arc::clone(b))
     }
 
     /// Keeps `block` (about `size` bytes) unless it alone is over a shard's share.

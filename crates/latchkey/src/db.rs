@@ -123,9 +123,17 @@ impl std::fmt::Display for Stats {
     }
 }
 
+/// A value found by [`Store::get`], unless its expiry has passed.
+fn unexpired(found: Option<(Vec<u8>, u64)>) -> Option<(Vec<u8>, u64)> {
+    found.filter(|&(_, exp)| exp == 0 || exp > now_ms())
+}
+
 /// What every engine implements; `Db` forwards to it.
 pub(crate) trait Store: Send + Sync {
-    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>>;
+    /// The newest value of `key` and its expiry, expired or not: the
+    /// caller drops an expired one (so a get of a key without an expiry
+    /// never reads the clock).
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>>;
     /// Appends `batch`; if `durable`, returns once the sync policy is met.
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()>;
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Result<Iter>;
@@ -283,7 +291,7 @@ impl Db {
     /// epoch, 0 for none), or `None` if it is absent or expired.
     pub fn get_with_expiry(&self, key: impl AsRef<[u8]>) -> Result<Option<(Vec<u8>, u64)>> {
         check_key(key.as_ref())?;
-        self.store.get(key.as_ref(), now_ms())
+        Ok(unexpired(self.store.get(key.as_ref())?))
     }
 
     /// Sets `key` to `value`.
@@ -333,12 +341,11 @@ impl Db {
         // Check and raise every token under one lock, in the same batch as
         // the write, so no other fenced write can slip between.
         let _fenced = self.fences.lock();
-        let now = now_ms();
         let fences = std::mem::take(&mut batch.fences);
         batch.system = true; // validated above; now it may write fence keys
         for f in &fences {
             let key = fence_key(&f.lock);
-            let highest = self.store.get(&key, now)?.and_then(|(v, _)| crate::codec::read_u64(&v)).unwrap_or(0);
+            let highest = self.store.get(&key)?.and_then(|(v, _)| crate::codec::read_u64(&v)).unwrap_or(0);
             if f.check && f.token < highest {
                 return Err(Error::StaleToken {
                     lock: String::from_utf8_lossy(&f.lock).into_owned(),
@@ -355,7 +362,7 @@ impl Db {
 
     /// The highest fencing token the store has seen for `lock` (0 if none).
     pub fn fence_token(&self, lock: impl AsRef<[u8]>) -> Result<u64> {
-        let v = self.store.get(&fence_key(lock.as_ref()), now_ms())?;
+        let v = self.store.get(&fence_key(lock.as_ref()))?;
         Ok(v.and_then(|(v, _)| crate::codec::read_u64(&v)).unwrap_or(0))
     }
 

@@ -241,3 +241,38 @@ fn expired_keys_are_reclaimed_in_the_background() {
     assert!(s.merges > 0 && s.keys == 1, "expired keys not reclaimed: {s}");
     assert_eq!(db.get(b"forever").unwrap(), Some(b"v".to_vec()));
 }
+
+/// Lookups in a merge's key table go by the key's 32-bit hash first and
+/// check the key in the record. Two keys with the same hash (a CRC32C
+/// collision, found by a birthday search): each still reads its own value,
+/// and one that is absent reads none, not its twin's.
+#[test]
+fn keys_with_equal_hashes_are_told_apart() {
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0u32..4_000_000)
+        .find_map(|i| {
+            let k = format!("twin{i:08}");
+            seen.insert(crc32c::crc32c(k.as_bytes()), k.clone()).map(|other| (other, k))
+        })
+        .expect("a CRC32C collision among 4M keys");
+    assert_eq!(crc32c::crc32c(a.as_bytes()), crc32c::crc32c(b.as_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::small_options(Engine::Hash, false);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..200u32 {
+        db.put(format!("filler{i}"), b"f").unwrap();
+    }
+    db.put(&a, b"value of a").unwrap();
+    db.compact().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    assert_eq!(db.get(&a).unwrap().as_deref(), Some(&b"value of a"[..]));
+    assert_eq!(db.get(&b).unwrap(), None, "the absent twin read the other's value");
+    db.put(&b, b"value of b").unwrap();
+    db.compact().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.get(&a).unwrap().as_deref(), Some(&b"value of a"[..]));
+    assert_eq!(db.get(&b).unwrap().as_deref(), Some(&b"value of b"[..]));
+    assert_eq!(db.stats().keys, 202);
+}

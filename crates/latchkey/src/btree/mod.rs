@@ -214,9 +214,9 @@ impl Drop for BtreeStore {
 }
 
 impl Store for BtreeStore {
-    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         self.inner.durability.check_open()?;
-        self.inner.get(key, now_ms)
+        self.inner.get(key)
     }
 
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
@@ -474,7 +474,7 @@ impl Inner {
         Ok(())
     }
 
-    fn get(&self, key: &[u8], now: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         let _gate = self.gate.read();
         let root = self.root.read();
         let mut g = self.pager.read(*root)?;
@@ -495,9 +495,6 @@ impl Inner {
         self.counters.probes.fetch_add(touched, Ordering::Relaxed);
         let Ok(i) = page::search(&g, key) else { return Ok(None) };
         let (expires, val) = page::leaf_value(&g, i);
-        if expires != 0 && expires <= now {
-            return Ok(None);
-        }
         Ok(Some((self.value(val)?, expires)))
     }
 

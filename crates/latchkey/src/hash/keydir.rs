@@ -67,6 +67,19 @@ impl KeyDir {
         }
     }
 
+    /// Like [`KeyDir::get`], but the base is searched by hash alone (see
+    /// [`KeyTable::get_by_hash`]): the key must be checked in the record.
+    pub(crate) fn get_by_hash(&self, key: &[u8]) -> Option<Loc> {
+        if self.overlay.is_empty() {
+            return self.base.get_by_hash(key);
+        }
+        match self.overlay.get(key) {
+            Some(Slot::Live(l)) => Some(*l),
+            Some(Slot::Deleted(_)) => None,
+            None => self.base.get_by_hash(key),
+        }
+    }
+
     /// The segments the base covers.
     pub(crate) fn base_segments(&self) -> &[SegId] {
         self.base.segments()

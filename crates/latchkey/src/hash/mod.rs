@@ -138,9 +138,9 @@ impl Drop for HashStore {
 }
 
 impl Store for HashStore {
-    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         self.inner.durability.check_open()?;
-        self.inner.get(key, now_ms)
+        self.inner.get(key)
     }
 
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
@@ -198,17 +198,28 @@ impl Store for HashStore {
 }
 
 impl Inner {
-    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
+        // First by the key's hash alone, its key checked in the record (a
+        // key-table probe then reads no stored key); if the record there is
+        // another key's, by the key itself.
+        if let Some(found) = self.get_at(key, false)? {
+            return Ok(found);
+        }
+        Ok(self.get_at(key, true)?.flatten())
+    }
+
+    /// `Some(value or none)` if answered; `None` if the location found by
+    /// hash held another key (only when `verified` is false).
+    #[allow(clippy::type_complexity)]
+    fn get_at(&self, key: &[u8], verified: bool) -> Result<Option<Option<(Vec<u8>, u64)>>> {
         // The keydir lock is held while the segment is looked up, so a merge
         // (which repoints keys before it drops segments) cannot slip between.
         let (loc, seg) = {
             let kd = self.keydir.read();
-            let Some(loc) = kd.get(key) else {
-                return Ok(None);
+            let loc = if verified { kd.get(key) } else { kd.get_by_hash(key) };
+            let Some(loc) = loc else {
+                return Ok(Some(None));
             };
-            if loc.expired(now_ms) {
-                return Ok(None);
-            }
             (loc, self.segments.read().get(&loc.seg).cloned())
         };
         let seg = seg.ok_or_else(|| {
@@ -218,8 +229,12 @@ impl Inner {
                 format!("index points at missing segment {}", segment::data_name(loc.seg)),
             )
         })?;
-        let value = seg.read_value(key, loc.offset, loc.len, &self.cache)?;
-        Ok(Some((value, loc.expires_at)))
+        let value = if verified {
+            Some(seg.read_value(key, loc.offset, loc.len, &self.cache)?)
+        } else {
+            seg.read_value_of(key, loc.offset, loc.len, &self.cache)?
+        };
+        Ok(value.map(|v| Some((v, loc.expires_at))))
     }
 
     fn scan(&self, range: (Bound<Vec<u8>>, Bound<Vec<u8>>), now_ms: u64) -> Iter {

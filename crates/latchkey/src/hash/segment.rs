@@ -77,7 +77,7 @@ pub(crate) struct Segment {
 }
 
 /// Blocks of sealed segments the cache holds.
-pub(crate) type SegmentCache = crate::cache::BlockCache<Box<[u8]>>;
+pub(crate) type SegmentCache = crate::cache::BlockCache<[u8]>;
 
 /// Bytes per cached block of a sealed segment.
 pub(crate) const CACHE_BLOCK: u64 = 32 << 10;
@@ -96,16 +96,16 @@ impl Segment {
     }
 
     /// The cached block `i` of this sealed segment, read if absent.
-    fn block(&self, i: u64, cache: &SegmentCache) -> Result<Arc<Box<[u8]>>> {
+    fn block(&self, i: u64, cache: &SegmentCache) -> Result<Arc<[u8]>> {
         let key = (self.id, i as u32);
         if let Some(b) = cache.get(key) {
             return Ok(b);
         }
         let start = i * CACHE_BLOCK;
         let len = CACHE_BLOCK.min(self.size().saturating_sub(start)) as usize;
-        let mut buf = vec![0u8; len].into_boxed_slice();
+        let mut buf = vec![0u8; len];
         self.file.read_exact_at(&mut buf, start)?;
-        let block = Arc::new(buf);
+        let block: Arc<[u8]> = Arc::from(buf);
         cache.insert(key, Arc::clone(&block), len + 64);
         Ok(block)
     }
@@ -129,6 +129,20 @@ impl Segment {
     /// Reads the put record of `key` at `offset` and returns its value,
     /// checking the checksum and that the record is the one expected.
     pub(crate) fn read_value(&self, key: &[u8], offset: u64, len: u32, cache: &SegmentCache) -> Result<Vec<u8>> {
+        self.read_value_of(key, offset, len, cache)?
+            .ok_or_else(|| Error::corruption(self.path(), offset, "record is not the one the index points at"))
+    }
+
+    /// Like [`Segment::read_value`], but a whole, checksummed put record
+    /// of another key there is `None`, not damage (the caller found the
+    /// location by the key's hash alone).
+    pub(crate) fn read_value_of(
+        &self,
+        key: &[u8],
+        offset: u64,
+        len: u32,
+        cache: &SegmentCache,
+    ) -> Result<Option<Vec<u8>>> {
         let damage = |why: String| Error::corruption(self.path(), offset, why);
         let end = offset.saturating_add(u64::from(len));
         let i = offset / CACHE_BLOCK;
@@ -143,20 +157,23 @@ impl Segment {
             let buf =
                 block.get(at..at + len as usize).ok_or_else(|| damage("record lies past the segment's end".into()))?;
             let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
-            if n != buf.len() || rec.kind != Kind::Put || rec.key != key {
+            if n != buf.len() || rec.kind != Kind::Put {
                 return Err(damage("record is not the one the index points at".into()));
             }
-            return Ok(rec.value.to_vec());
+            return Ok((rec.key == key).then(|| rec.value.to_vec()));
         }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
         let (rec, n) = codec::decode(&buf).map_err(|e| damage(e.to_string()))?;
-        if n != buf.len() || rec.kind != Kind::Put || rec.key != key {
+        if n != buf.len() || rec.kind != Kind::Put {
             return Err(damage("record is not the one the index points at".into()));
+        }
+        if rec.key != key {
+            return Ok(None);
         }
         let start = n - rec.value.len();
         buf.drain(..start);
-        Ok(buf)
+        Ok(Some(buf))
     }
 }
 

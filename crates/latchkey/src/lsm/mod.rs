@@ -208,9 +208,9 @@ impl LsmStore {
 }
 
 impl Store for LsmStore {
-    fn get(&self, key: &[u8], now_ms: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         self.inner.durability.check_open()?;
-        self.inner.get(key, now_ms)
+        self.inner.get(key)
     }
 
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
@@ -303,7 +303,7 @@ impl Inner {
         self.work.1.notify_all();
     }
 
-    fn get(&self, key: &[u8], now: u64) -> Result<Option<(Vec<u8>, u64)>> {
+    fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         let snap = self.visible_seq.load(Ordering::Acquire);
         let (mems, version) = {
             let st = self.state.read();
@@ -315,13 +315,15 @@ impl Inner {
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         for m in &mems {
             if let Some((_, v)) = m.get(key, snap) {
-                return Ok(v.live(now));
+                return Ok(match v {
+                    Value::Put(d, exp) => Some((d.to_vec(), exp)),
+                    Value::Delete => None,
+                });
             }
         }
         drop(mems);
         let mut probes = 0;
-        let live =
-            |(_, v): table::Lent<'_>| v.filter(|&(_, exp)| exp == 0 || exp > now).map(|(d, exp)| (d.to_vec(), exp));
+        let live = |(_, v): table::Lent<'_>| v.map(|(d, exp)| (d.to_vec(), exp));
         let mut found = None;
         'levels: for (level, tables) in version.levels.iter().enumerate() {
             let deeper = if level == 0 {
