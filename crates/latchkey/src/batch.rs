@@ -105,6 +105,14 @@ impl WriteBatch {
         self
     }
 
+    /// Like [`WriteBatch::put_with_expiry`], taking the key and value as
+    /// they are (no copy).
+    pub fn put_owned(&mut self, key: Vec<u8>, value: Vec<u8>, expires_at: u64) -> &mut Self {
+        self.bytes += key.len() + value.len();
+        self.ops.push(Op::Put { key, value, expires_at });
+        self
+    }
+
     /// Deletes `key` (no error if it is absent).
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
         let key = key.as_ref().to_vec();
@@ -162,6 +170,18 @@ impl WriteBatch {
         self.ops.iter().map(|op| match op {
             Op::Put { key, value, expires_at } => Change::Put { key, value, expires_at: *expires_at },
             Op::Delete { key } => Change::Delete { key },
+        })
+    }
+
+    /// Takes the changes out of the batch, in order, keys and values moved
+    /// rather than copied: `(key, Some((value, expires_at)))` for a put,
+    /// `(key, None)` for a delete. The batch is left empty.
+    #[allow(clippy::type_complexity)]
+    pub fn drain_changes(&mut self) -> impl Iterator<Item = (Vec<u8>, Option<(Vec<u8>, u64)>)> + '_ {
+        self.bytes = 0;
+        self.ops.drain(..).map(|op| match op {
+            Op::Put { key, value, expires_at } => (key, Some((value, expires_at))),
+            Op::Delete { key } => (key, None),
         })
     }
 
@@ -231,4 +251,31 @@ pub(crate) fn check_key(key: &[u8]) -> Result<()> {
         return Err(Error::TooLarge { what: "key", len: key.len(), max: MAX_KEY_LEN });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Owned puts and the draining of changes move the bytes as given, in
+    /// order, and leave an empty batch behind.
+    #[test]
+    fn owned_changes_go_in_and_come_out_in_order() {
+        let mut b = WriteBatch::new();
+        b.put_owned(b"k1".to_vec(), b"v1".to_vec(), 7);
+        b.delete(b"k2");
+        b.put(b"k3", b"value3");
+        assert_eq!(b.size_bytes(), 4 + 2 + 8);
+        let out: Vec<_> = b.drain_changes().collect();
+        assert_eq!(
+            out,
+            vec![
+                (b"k1".to_vec(), Some((b"v1".to_vec(), 7))),
+                (b"k2".to_vec(), None),
+                (b"k3".to_vec(), Some((b"value3".to_vec(), 0)))
+            ]
+        );
+        assert!(b.is_empty());
+        assert_eq!(b.size_bytes(), 0);
+    }
 }

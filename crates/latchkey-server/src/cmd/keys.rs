@@ -75,7 +75,7 @@ fn expire(tx: &Tx, args: &mut Args, unit: &str, cmd: &str) -> CmdResult<(Reply, 
     if !applies {
         return Ok((Reply::Int(0), batch));
     }
-    super::strings::put(&mut batch, &key, &value, at.max(1));
+    super::strings::put(&mut batch, key, value, at.max(1));
     Ok((Reply::Int(1), batch))
 }
 

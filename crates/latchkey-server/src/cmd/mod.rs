@@ -9,7 +9,7 @@ mod strings;
 use std::collections::HashMap;
 use std::sync::MutexGuard;
 
-use latchkey::{now_ms, Change, WriteBatch};
+use latchkey::{now_ms, WriteBatch};
 
 use crate::resp::Reply;
 use crate::{Client, Shared};
@@ -157,18 +157,10 @@ impl<'a> Tx<'a> {
         }
     }
 
-    fn stage(&mut self, batch: &WriteBatch) {
-        for change in batch.changes() {
-            match change {
-                Change::Put { key, value, expires_at } => {
-                    self.bytes += key.len() + value.len();
-                    self.staged.insert(key.to_vec(), Some((value.to_vec(), expires_at)));
-                }
-                Change::Delete { key } => {
-                    self.bytes += key.len();
-                    self.staged.insert(key.to_vec(), None);
-                }
-            }
+    fn stage(&mut self, mut batch: WriteBatch) {
+        for (key, state) in batch.drain_changes() {
+            self.bytes += key.len() + state.as_ref().map_or(0, |(v, _)| v.len());
+            self.staged.insert(key, state);
         }
     }
 
@@ -180,7 +172,7 @@ impl<'a> Tx<'a> {
         let mut batch = WriteBatch::new();
         for (key, state) in self.staged.drain() {
             match state {
-                Some((value, at)) => batch.put_with_expiry(key, value, at),
+                Some((value, at)) => batch.put_owned(key, value, at),
                 None => batch.delete(key),
             };
         }
@@ -290,7 +282,7 @@ fn run(tx: &mut Tx, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<Fence
                     return Ok(o);
                 }
             }
-            tx.stage(&batch);
+            tx.stage(batch);
             Ok(Outcome::Wrote(reply))
         }
         Handler::Write(f) => {

@@ -71,11 +71,11 @@ pub(crate) fn expiry_ms(unit: &str, amount: i64, cmd: &str) -> CmdResult<u64> {
 
 /// Writes `value` to `key` with expiry `at` (0 = none); an expiry already
 /// past deletes the key.
-pub(crate) fn put(batch: &mut WriteBatch, key: &[u8], value: &[u8], at: u64) {
+pub(crate) fn put(batch: &mut WriteBatch, key: Vec<u8>, value: Vec<u8>, at: u64) {
     if at != 0 && at <= now_ms() {
         batch.delete(key);
     } else {
-        batch.put_with_expiry(key, value, at);
+        batch.put_owned(key, value, at);
     }
 }
 
@@ -107,7 +107,7 @@ fn set(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
         (None, false) => 0,
     };
     let mut batch = WriteBatch::new();
-    put(&mut batch, &key, &value, expires);
+    put(&mut batch, key, value, expires);
     Ok((if get { old_value() } else { Reply::Simple("OK") }, batch))
 }
 
@@ -117,7 +117,7 @@ fn setnx(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     if tx.current(&key)?.is_some() {
         return Ok((Reply::Int(0), batch));
     }
-    batch.put(key, value);
+    batch.put_owned(key, value, 0);
     Ok((Reply::Int(1), batch))
 }
 
@@ -126,7 +126,7 @@ fn set_with_unit(args: &mut Args, unit: &str, cmd: &str) -> CmdResult<(Reply, Wr
     let at = expiry_ms(unit, args.next_i64()?, cmd)?;
     let value = args.next()?;
     let mut batch = WriteBatch::new();
-    put(&mut batch, &key, &value, at);
+    put(&mut batch, key, value, at);
     Ok((Reply::Simple("OK"), batch))
 }
 
@@ -190,7 +190,7 @@ fn add(tx: &Tx, key: Vec<u8>, by: i64) -> CmdResult<(Reply, WriteBatch)> {
     };
     let new = old.checked_add(by).ok_or_else(|| Reply::err("increment or decrement would overflow"))?;
     let mut batch = WriteBatch::new();
-    batch.put_with_expiry(key, new.to_string(), expires);
+    batch.put_owned(key, new.to_string().into_bytes(), expires);
     Ok((Reply::Int(new), batch))
 }
 
@@ -200,6 +200,6 @@ fn append(tx: &Tx, args: &mut Args) -> CmdResult<(Reply, WriteBatch)> {
     value.extend_from_slice(&tail);
     let n = value.len() as i64;
     let mut batch = WriteBatch::new();
-    batch.put_with_expiry(key, value, expires);
+    batch.put_owned(key, value, expires);
     Ok((Reply::Int(n), batch))
 }

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use smallvec::SmallVec;
+
 use super::segment::SegId;
 use super::table::KeyTable;
 
@@ -47,7 +49,9 @@ impl Slot {
 #[derive(Default)]
 pub(crate) struct KeyDir {
     base: KeyTable,
-    overlay: HashMap<Box<[u8]>, Slot, foldhash::fast::RandomState>,
+    /// Keys inline up to 24 bytes: a probe compares the key in the bucket
+    /// (no pointer to follow) and a short key costs no allocation.
+    overlay: HashMap<SmallVec<[u8; 24]>, Slot, foldhash::fast::RandomState>,
     /// Live record bytes per segment; a segment's dead bytes are its size
     /// minus this.
     pub(crate) live: BTreeMap<SegId, u64>,
