@@ -49,6 +49,12 @@ impl<V: ?Sized> BlockCache<V> {
         self.shard(key).lock().map.get(&key).map(|(b, _)| Arc::clone(b))
     }
 
+    /// Calls `f` with the block of `key`, if cached, under its shard's
+    /// lock (no reference count taken: for short work on the bytes).
+    pub(crate) fn with<R>(&self, key: Key, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.shard(key).lock().map.get(&key).map(|(b, _)| f(b))
+    }
+
     /// Keeps `block` (about `size` bytes) unless it alone is over a shard's share.
     pub(crate) fn insert(&self, key: Key, block: Arc<V>, size: usize) {
         if size > self.shard_capacity {

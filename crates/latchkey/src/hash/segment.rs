@@ -152,15 +152,22 @@ impl Segment {
         let size = self.size();
         let cacheable = self.sealed.load(Ordering::Acquire) || (i + 1) * CACHE_BLOCK <= size;
         if cacheable && end <= size && (end - 1) / CACHE_BLOCK == i {
-            let block = self.block(i, cache)?;
             let at = (offset - i * CACHE_BLOCK) as usize;
-            let buf =
-                block.get(at..at + len as usize).ok_or_else(|| damage("record lies past the segment's end".into()))?;
-            let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
-            if n != buf.len() || rec.kind != Kind::Put {
-                return Err(damage("record is not the one the index points at".into()));
+            let parse = |block: &[u8]| -> Result<Option<Vec<u8>>> {
+                let buf = block
+                    .get(at..at + len as usize)
+                    .ok_or_else(|| damage("record lies past the segment's end".into()))?;
+                let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
+                if n != buf.len() || rec.kind != Kind::Put {
+                    return Err(damage("record is not the one the index points at".into()));
+                }
+                Ok((rec.key == key).then(|| rec.value.to_vec()))
+            };
+            // Decoded in place under the cache's lock when cached.
+            if let Some(found) = cache.with((self.id, i as u32), |b| parse(b)) {
+                return found;
             }
-            return Ok((rec.key == key).then(|| rec.value.to_vec()));
+            return parse(&self.block(i, cache)?);
         }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
