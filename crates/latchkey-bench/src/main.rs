@@ -62,8 +62,11 @@ fn main() {
         Some(Cmd::Server(s)) => exit_code(latchkey_bench::server::run(&s)),
         Some(Cmd::Locks(l)) => exit_code(latchkey_bench::locks::run(&l)),
         None => {
-            let peers = ["redb", "fjall", "sled"];
-            let defaults: Vec<&str> = workloads::LATCHKEY_ENGINES.iter().copied().chain(peers).collect();
+            let mut defaults: Vec<&str> = workloads::LATCHKEY_ENGINES.to_vec();
+            defaults.extend(["redb", "fjall", "sled"]);
+            if cfg!(feature = "rocksdb") {
+                defaults.push("rocksdb");
+            }
             exit_code(workloads::run(&cli.run, &["worker"], &defaults).map(|_| ()))
         }
     };

@@ -610,7 +610,7 @@ fn print_tables(args: &RunArgs, all: &Results, fsync_rate: &Result<f64, String>)
     let peers_ran = all.iter().any(|(n, _)| !n.starts_with("latchkey"));
     if all.iter().any(|(n, _)| n == "sled") {
         println!(
-            "durable writes: latchkey, redb and fjall fdatasync; sled's flush() is sync_file_range on Linux \
+            "durable writes: latchkey, redb, fjall and RocksDB fdatasync; sled's flush() is sync_file_range on Linux \
              (sled 0.34: no disk cache flush, no metadata), a weaker guarantee"
         );
     }

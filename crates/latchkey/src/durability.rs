@@ -20,17 +20,25 @@ struct Group {
     covered: u64,
     /// `arrivals` when the last fsync ended.
     arrivals_at_end: u64,
+    /// Whether a leader is waiting for arrivals before its fsync.
+    gathering: bool,
+    /// How long the last fsync took.
+    last_fsync: std::time::Duration,
 }
 
 /// The longest a leader waits for the writers of the last group to append
-/// again before it fsyncs.
-const GATHER: std::time::Duration = std::time::Duration::from_micros(100);
+/// again before it fsyncs: at least this long ...
+const GATHER_MIN: std::time::Duration = std::time::Duration::from_micros(100);
+/// ... and as long as the last fsync took, up to this.
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(1000);
 
 #[derive(Default)]
 pub(crate) struct Durability {
     group: Mutex<Group>,
     /// Signalled when a leader's fsync ends.
     synced: Condvar,
+    /// Signalled when a caller arrives while a leader is gathering.
+    arrived: Condvar,
     /// Calls of `sync_to` that found their bytes not yet synced.
     arrivals: AtomicU64,
     /// Log bytes (a log sequence number) known to be on stable storage.
@@ -111,6 +119,9 @@ impl Durability {
         }
         self.arrivals.fetch_add(1, Ordering::AcqRel);
         let mut group = self.group.lock();
+        if group.gathering {
+            self.arrived.notify_one();
+        }
         loop {
             if self.synced_lsn.load(Ordering::Acquire) >= lsn {
                 return Ok(());
@@ -125,7 +136,6 @@ impl Durability {
         }
         group.leading = true;
         let (expect, since) = (group.covered, group.arrivals_at_end);
-        drop(group);
         // Clears the leader flag and wakes the waiters however this ends
         // (an error or a panic in the fsync included).
         struct Lead<'a>(&'a Durability);
@@ -133,6 +143,7 @@ impl Durability {
             fn drop(&mut self) {
                 let mut g = self.0.group.lock();
                 g.leading = false;
+                g.gathering = false;
                 g.arrivals_at_end = self.0.arrivals.load(Ordering::Acquire);
                 drop(g);
                 self.0.synced.notify_all();
@@ -140,24 +151,31 @@ impl Durability {
         }
         let _lead = Lead(self);
         // The writers the last fsync covered are usually a moment from
-        // appending again: wait (briefly) until about as many have arrived,
-        // so this fsync covers them too instead of splitting the writers
-        // into two groups that take turns. Alone, this waits for nobody.
-        let gather_until = std::time::Instant::now() + GATHER;
-        while self.arrivals.load(Ordering::Acquire).saturating_sub(since) < expect
-            && std::time::Instant::now() < gather_until
-        {
-            std::thread::yield_now();
+        // appending again: wait (briefly, asleep: on a small machine they
+        // need the CPU) until about as many have arrived, so this fsync
+        // covers them too instead of splitting the writers into two groups
+        // that take turns. Alone, this waits for nobody.
+        let gather = group.last_fsync.clamp(GATHER_MIN, GATHER_MAX);
+        let gather_until = std::time::Instant::now() + gather;
+        group.gathering = true;
+        while self.arrivals.load(Ordering::Acquire).saturating_sub(since) < expect {
+            if self.arrived.wait_until(&mut group, gather_until).timed_out() {
+                break;
+            }
         }
+        group.gathering = false;
+        drop(group);
         let (target, fsync) = current();
         {
             let mut g = self.group.lock();
             g.covered = g.waiting + 1;
         }
+        let started = std::time::Instant::now();
         if let Err(e) = fsync() {
             self.poison(&e);
             return Err(e);
         }
+        self.group.lock().last_fsync = started.elapsed();
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.mark_synced(target);
         Ok(())

@@ -59,6 +59,10 @@ pub(crate) use check::check;
 use page::{Limits, Meta, PageType, Val};
 use pager::{Latch, Pager};
 
+/// Batches of at most this many changes have their pages loaded before
+/// the writer lock is taken (see `Inner::write`).
+const WARM_OPS: usize = 16;
+
 /// The page file.
 pub(crate) const DATA_FILE: &str = "pages.btree";
 /// Key of a log record holding a page's before-image (seq = page number).
@@ -329,6 +333,14 @@ impl Inner {
     /// on every engine a reader may see a write before it is synced.)
     fn write(&self, batch: &WriteBatch) -> Result<u64> {
         self.check_batch(batch)?;
+        // Bring the pages a small batch will change into the pool before
+        // queueing for the writer lock: concurrent writers then read them
+        // from the file side by side, not one after another under the lock.
+        if batch.ops.len() <= WARM_OPS {
+            for op in &batch.ops {
+                self.warm(op.key())?;
+            }
+        }
         let mut guard = self.writer.lock();
         self.durability.check_writable()?;
         let w = &mut *guard;
@@ -496,6 +508,19 @@ impl Inner {
         let Ok(i) = page::search(&g, key) else { return Ok(None) };
         let (expires, val) = page::leaf_value(&g, i);
         Ok(Some((self.value(val)?, expires)))
+    }
+
+    /// Loads the pages on the path to `key`'s leaf (a read, no change).
+    fn warm(&self, key: &[u8]) -> Result<()> {
+        let _gate = self.gate.read();
+        let root = self.root.read();
+        let mut g = self.pager.read(*root)?;
+        drop(root);
+        while page::page_type(&g) == Some(PageType::Internal) {
+            let child = page::child_for(&g, key);
+            g = self.pager.read(child)?;
+        }
+        Ok(())
     }
 
     /// Damage: page `id` was reached from a parent but is not a tree node.
