@@ -247,51 +247,38 @@ impl KeyTable {
         self.max_seq
     }
 
-    /// Where `key` lies, if the table has it.
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Loc> {
-        if self.count == 0 {
-            return None;
-        }
+    /// The entries whose slots hold `key`'s 32-bit hash, in probe order.
+    fn probe<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = usize> + 'a {
         let mask = (1usize << self.bits) - 1;
         let h = hash(key);
         let mut slot = (h >> (32 - self.bits.max(1))) as usize & mask;
-        loop {
-            let v = u64_at(&self.buf, self.slots_at + slot * SLOT_LEN);
-            if v == 0 {
-                return None;
-            }
-            // The hash kept beside the index rules out other keys without
-            // touching their entries.
-            if (v >> 32) as u32 == h {
-                let (k, loc) = self.entry((v & 0xffff_ffff) as usize - 1);
-                if k == key {
-                    return Some(loc);
+        let mut done = self.count == 0;
+        std::iter::from_fn(move || {
+            while !done {
+                let v = u64_at(&self.buf, self.slots_at + slot * SLOT_LEN);
+                slot = (slot + 1) & mask;
+                if v == 0 {
+                    done = true;
+                } else if (v >> 32) as u32 == h {
+                    // The hash kept beside the index rules out other keys
+                    // without touching their entries.
+                    return Some((v & 0xffff_ffff) as usize - 1);
                 }
             }
-            slot = (slot + 1) & mask;
-        }
+            None
+        })
+    }
+
+    /// Where `key` lies, if the table has it.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Loc> {
+        self.probe(key).map(|i| self.entry(i)).find(|(k, _)| *k == key).map(|(_, loc)| loc)
     }
 
     /// Where `key` probably lies: the first entry whose 32-bit hash is the
     /// key's, its key not compared (one cache miss fewer). The caller
     /// checks the key in the record and falls back to [`KeyTable::get`].
     pub(crate) fn get_by_hash(&self, key: &[u8]) -> Option<Loc> {
-        if self.count == 0 {
-            return None;
-        }
-        let mask = (1usize << self.bits) - 1;
-        let h = hash(key);
-        let mut slot = (h >> (32 - self.bits.max(1))) as usize & mask;
-        loop {
-            let v = u64_at(&self.buf, self.slots_at + slot * SLOT_LEN);
-            if v == 0 {
-                return None;
-            }
-            if (v >> 32) as u32 == h {
-                return Some(self.entry((v & 0xffff_ffff) as usize - 1).1);
-            }
-            slot = (slot + 1) & mask;
-        }
+        self.probe(key).next().map(|i| self.entry(i).1)
     }
 
     /// Record bytes per segment of every entry.
