@@ -17,17 +17,21 @@ pub(crate) struct BlockCache<V: ?Sized> {
     shards: Box<[Mutex<Shard<V>>]>,
     /// Bytes each shard may hold.
     shard_capacity: usize,
+    /// Evicted blocks each shard keeps for reuse (see [`BlockCache::spare`]).
+    spares: usize,
 }
 
 struct Shard<V: ?Sized> {
     map: HashMap<Key, (Arc<V>, usize), foldhash::fast::FixedState>,
     order: VecDeque<Key>,
     bytes: usize,
+    /// Evicted blocks no one else holds, kept to be refilled.
+    spare: Vec<Arc<V>>,
 }
 
 impl<V: ?Sized> Default for Shard<V> {
     fn default() -> Self {
-        Shard { map: HashMap::default(), order: VecDeque::new(), bytes: 0 }
+        Shard { map: HashMap::default(), order: VecDeque::new(), bytes: 0, spare: Vec::new() }
     }
 }
 
@@ -37,7 +41,22 @@ impl<V: ?Sized> BlockCache<V> {
         BlockCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity: capacity / SHARDS,
+            spares: 0,
         }
+    }
+
+    /// Like [`BlockCache::new`], keeping up to `spares` evicted blocks per
+    /// shard for [`BlockCache::spare`]: a cache that turns over (random
+    /// reads over more data than it holds) then refills memory it already
+    /// has instead of allocating, and page-faulting in, a block per miss.
+    pub(crate) fn with_spares(capacity: usize, spares: usize) -> Self {
+        BlockCache { spares, ..Self::new(capacity) }
+    }
+
+    /// An evicted block of the shard `key` belongs to that no one else
+    /// holds (so [`Arc::get_mut`] succeeds), to be refilled for `key`.
+    pub(crate) fn spare(&self, key: Key) -> Option<Arc<V>> {
+        self.shard(key).lock().spare.pop()
     }
 
     fn shard(&self, key: Key) -> &Mutex<Shard<V>> {
@@ -67,8 +86,11 @@ impl<V: ?Sized> BlockCache<V> {
         }
         while s.bytes > self.shard_capacity {
             let Some(old) = s.order.pop_front() else { break };
-            if let Some((_, n)) = s.map.remove(&old) {
+            if let Some((mut b, n)) = s.map.remove(&old) {
                 s.bytes -= n;
+                if s.spare.len() < self.spares && Arc::get_mut(&mut b).is_some() {
+                    s.spare.push(b);
+                }
             }
         }
     }
@@ -92,5 +114,32 @@ mod tests {
         let none: BlockCache<Vec<u8>> = BlockCache::new(0);
         none.insert((1, 1), Arc::new(vec![1]), 1);
         assert!(none.get((1, 1)).is_none());
+    }
+
+    /// Evicted blocks that no one holds come back as spares (only from a
+    /// cache that keeps them, only as many as it keeps); one still held
+    /// elsewhere is not reused.
+    #[test]
+    fn evicted_blocks_come_back_as_spares() {
+        let c: BlockCache<[u8]> = BlockCache::with_spares(SHARDS * 100, 2);
+        let held: Arc<[u8]> = Arc::from(vec![9u8; 10]);
+        c.insert((1, 0), Arc::clone(&held), 100);
+        for i in 1..2000u32 {
+            c.insert((1, i), Arc::from(vec![i as u8; 10]), 100);
+        }
+        let mut got = 0;
+        for s in 0..SHARDS as u32 {
+            while let Some(mut b) = c.spare((1, s)) {
+                assert!(Arc::get_mut(&mut b).is_some(), "a spare is held elsewhere");
+                assert!(!Arc::ptr_eq(&b, &held));
+                got += 1;
+            }
+        }
+        assert!(got > 0 && got <= SHARDS * 2, "{got} spares");
+        let plain: BlockCache<[u8]> = BlockCache::new(SHARDS * 100);
+        for i in 0..2000u32 {
+            plain.insert((1, i), Arc::from(vec![0u8; 10]), 100);
+        }
+        assert!((0..SHARDS as u32).all(|s| plain.spare((1, s)).is_none()));
     }
 }

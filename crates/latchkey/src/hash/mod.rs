@@ -101,7 +101,7 @@ impl HashStore {
             ms = started.elapsed().as_millis() as u64,
             "hash engine opened"
         );
-        let cache = Arc::new(segment::SegmentCache::new(opts.block_cache_size));
+        let cache = Arc::new(segment::SegmentCache::with_spares(opts.block_cache_size, 4));
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
             opts,

@@ -103,9 +103,17 @@ impl Segment {
         }
         let start = i * CACHE_BLOCK;
         let len = CACHE_BLOCK.min(self.size().saturating_sub(start)) as usize;
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, start)?;
-        let block: Arc<[u8]> = Arc::from(buf);
+        // An evicted block of the same size is refilled rather than a new
+        // one allocated (and its pages faulted in).
+        let mut block = cache.spare(key).filter(|b| b.len() == len).unwrap_or_else(|| Arc::from(vec![0u8; len]));
+        match Arc::get_mut(&mut block) {
+            Some(buf) => self.file.read_exact_at(buf, start)?,
+            None => {
+                let mut buf = vec![0u8; len];
+                self.file.read_exact_at(&mut buf, start)?;
+                block = Arc::from(buf);
+            }
+        }
         cache.insert(key, Arc::clone(&block), len + 64);
         Ok(block)
     }
