@@ -39,7 +39,16 @@ type VersionKey = (MemKey, Reverse<u64>);
 
 type Ordered = BTreeMap<VersionKey, Value>;
 
-type Index = HashMap<MemKey, (u64, Value), foldhash::fast::FixedState>;
+/// A key's newest version in a memtable, and the one before it: that one
+/// answers a read whose snapshot is just older than the newest (a batch
+/// being applied as it reads) without building the ordered map.
+struct Newest {
+    seq: u64,
+    value: Value,
+    prev: Option<(u64, Value)>,
+}
+
+type Index = HashMap<MemKey, Newest, foldhash::fast::FixedState>;
 
 /// One memtable and the write-ahead log that holds the same writes.
 pub(crate) struct Memtable {
@@ -85,10 +94,20 @@ impl Memtable {
         self.pending.lock().push((MemKey::from_slice(key), seq, value.clone()));
         let mut index = self.shard(key).write();
         match index.get_mut(key) {
-            Some(e) if e.0 > seq => {}
-            Some(e) => *e = (seq, value),
+            // A later change of the same key in the same batch wins.
+            Some(e) if seq == e.seq => e.value = value,
+            Some(e) if seq > e.seq => {
+                let old = std::mem::replace(&mut e.value, value);
+                e.prev = Some((std::mem::replace(&mut e.seq, seq), old));
+            }
+            // An older version arriving late (a replay).
+            Some(e) => {
+                if e.prev.as_ref().is_none_or(|p| seq >= p.0) {
+                    e.prev = Some((seq, value));
+                }
+            }
             None => {
-                index.insert(MemKey::from_slice(key), (seq, value));
+                index.insert(MemKey::from_slice(key), Newest { seq, value, prev: None });
             }
         }
     }
@@ -121,8 +140,9 @@ impl Memtable {
         match self.shard(key).read().get(key) {
             // No version of `key` at all.
             None => return None,
-            Some((seq, value)) if *seq <= snapshot => return Some((*seq, value.clone())),
-            // The newest is past the snapshot: an older one from the map.
+            Some(e) if e.seq <= snapshot => return Some((e.seq, e.value.clone())),
+            Some(Newest { prev: Some((seq, value)), .. }) if *seq <= snapshot => return Some((*seq, value.clone())),
+            // Both are past the snapshot: an older one from the map.
             Some(_) => {}
         }
         let from = (MemKey::from_slice(key), Reverse(snapshot));
@@ -144,11 +164,11 @@ impl Memtable {
             p[..n].copy_from_slice(&k[..n]);
             u64::from_be_bytes(p)
         };
-        let mut all: Vec<(u64, &MemKey, &(u64, Value))> =
+        let mut all: Vec<(u64, &MemKey, &Newest)> =
             shards.iter().flat_map(|s| s.iter()).map(|(k, e)| (prefix(k), k, e)).collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-        for (_, k, (seq, v)) in all {
-            f(k, *seq, v)?;
+        for (_, k, e) in all {
+            f(k, e.seq, &e.value)?;
         }
         Ok(())
     }
@@ -320,6 +340,26 @@ mod tests {
             Ok::<_, ()>(())
         })
         .unwrap();
+    }
+
+    /// A read just older than a key's newest version takes the version
+    /// before it from the index; only an older read builds the ordered
+    /// map. Within a batch (one sequence number) the later change wins.
+    #[test]
+    fn a_read_just_older_than_the_newest_needs_no_ordered_map() {
+        let m = Memtable::new(1);
+        m.insert(b"k", 5, put("five"));
+        m.insert(b"k", 7, put("seven"));
+        assert_eq!(m.get(b"k", 6), Some((5, put("five"))));
+        assert!(m.map.read().is_empty(), "the ordered map was built");
+        assert_eq!(m.get(b"k", 4), None);
+        assert!(!m.map.read().is_empty());
+        m.insert(b"b", 9, put("first"));
+        m.insert(b"b", 9, put("second"));
+        m.insert(b"b", 11, Value::Delete);
+        assert_eq!(m.get(b"b", 9), Some((9, put("second"))));
+        assert_eq!(m.get(b"b", 10), Some((9, put("second"))));
+        assert_eq!(m.get(b"b", 11), Some((11, Value::Delete)));
     }
 
     /// The lending cursor gives each key once, at its newest version in
