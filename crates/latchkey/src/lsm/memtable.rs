@@ -45,7 +45,8 @@ type Ordered = BTreeMap<VersionKey, Value>;
 struct Newest {
     seq: u64,
     value: Value,
-    prev: Option<(u64, Value)>,
+    /// Boxed: most keys have none, and the index's buckets stay small.
+    prev: Option<Box<(u64, Value)>>,
 }
 
 type Index = HashMap<MemKey, Newest, foldhash::fast::FixedState>;
@@ -98,12 +99,16 @@ impl Memtable {
             Some(e) if seq == e.seq => e.value = value,
             Some(e) if seq > e.seq => {
                 let old = std::mem::replace(&mut e.value, value);
-                e.prev = Some((std::mem::replace(&mut e.seq, seq), old));
+                let old_seq = std::mem::replace(&mut e.seq, seq);
+                match &mut e.prev {
+                    Some(p) => **p = (old_seq, old),
+                    None => e.prev = Some(Box::new((old_seq, old))),
+                }
             }
             // An older version arriving late (a replay).
             Some(e) => {
                 if e.prev.as_ref().is_none_or(|p| seq >= p.0) {
-                    e.prev = Some((seq, value));
+                    e.prev = Some(Box::new((seq, value)));
                 }
             }
             None => {
@@ -141,7 +146,7 @@ impl Memtable {
             // No version of `key` at all.
             None => return None,
             Some(e) if e.seq <= snapshot => return Some((e.seq, e.value.clone())),
-            Some(Newest { prev: Some((seq, value)), .. }) if *seq <= snapshot => return Some((*seq, value.clone())),
+            Some(Newest { prev: Some(p), .. }) if p.0 <= snapshot => return Some((p.0, p.1.clone())),
             // Both are past the snapshot: an older one from the map.
             Some(_) => {}
         }
