@@ -488,21 +488,7 @@ impl Inner {
 
     fn get(&self, key: &[u8]) -> Result<Option<(Vec<u8>, u64)>> {
         let _gate = self.gate.read();
-        let root = self.root.read();
-        let mut g = self.pager.read(*root)?;
-        drop(root);
-        let mut touched = 1;
-        loop {
-            match page::page_type(&g) {
-                Some(PageType::Internal) => {
-                    let child = page::child_for(&g, key);
-                    g = self.pager.read(child)?;
-                    touched += 1;
-                }
-                Some(PageType::Leaf) => break,
-                _ => return Err(self.not_a_node(page::page_id(&g))),
-            }
-        }
+        let (g, touched) = self.read_down(scan::Target::Key(key))?;
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.counters.probes.fetch_add(touched, Ordering::Relaxed);
         let Ok(i) = page::search(&g, key) else { return Ok(None) };
@@ -513,14 +499,7 @@ impl Inner {
     /// Loads the pages on the path to `key`'s leaf (a read, no change).
     fn warm(&self, key: &[u8]) -> Result<()> {
         let _gate = self.gate.read();
-        let root = self.root.read();
-        let mut g = self.pager.read(*root)?;
-        drop(root);
-        while page::page_type(&g) == Some(PageType::Internal) {
-            let child = page::child_for(&g, key);
-            g = self.pager.read(child)?;
-        }
-        Ok(())
+        self.read_down(scan::Target::Key(key)).map(drop)
     }
 
     /// Damage: page `id` was reached from a parent but is not a tree node.

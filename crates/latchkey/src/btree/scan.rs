@@ -52,7 +52,7 @@ fn below_hi(k: &[u8], hi: &Bound<Vec<u8>>) -> bool {
     }
 }
 
-enum Target<'a> {
+pub(super) enum Target<'a> {
     Key(&'a [u8]),
     First,
     Last,
@@ -61,13 +61,20 @@ enum Target<'a> {
 impl Inner {
     /// Descends with read latches to the leaf for `target`.
     fn leaf_for(&self, target: Target<'_>) -> Result<ReadGuard> {
+        self.read_down(target).map(|(g, _)| g)
+    }
+
+    /// Like `leaf_for`, also counting the pages read on the way.
+    pub(super) fn read_down(&self, target: Target<'_>) -> Result<(ReadGuard, u64)> {
         let root = self.root.read();
         let mut g = self.pager.read(*root)?;
         drop(root);
+        let mut touched = 1;
         loop {
             match page::page_type(&g) {
-                Some(PageType::Leaf) => return Ok(g),
+                Some(PageType::Leaf) => return Ok((g, touched)),
                 Some(PageType::Internal) => {
+                    touched += 1;
                     let child = match target {
                         Target::Key(k) => page::child_for(&g, k),
                         Target::First => page::child_at(&g, 0),

@@ -64,24 +64,24 @@ impl KeyDir {
 
     /// Where `key`'s value lies, if it has one.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Loc> {
-        match self.overlay.get(key) {
+        self.layered(key, KeyTable::get)
+    }
+
+    /// The overlay's entry for `key`, or else what `base` finds in the base.
+    fn layered(&self, key: &[u8], base: impl FnOnce(&KeyTable, &[u8]) -> Option<Loc>) -> Option<Loc> {
+        // An empty overlay (a store just opened) is not hashed into.
+        let slot = if self.overlay.is_empty() { None } else { self.overlay.get(key) };
+        match slot {
             Some(Slot::Live(l)) => Some(*l),
             Some(Slot::Deleted(_)) => None,
-            None => self.base.get(key),
+            None => base(&self.base, key),
         }
     }
 
     /// Like [`KeyDir::get`], but the base is searched by hash alone (see
     /// [`KeyTable::get_by_hash`]): the key must be checked in the record.
     pub(crate) fn get_by_hash(&self, key: &[u8]) -> Option<Loc> {
-        if self.overlay.is_empty() {
-            return self.base.get_by_hash(key);
-        }
-        match self.overlay.get(key) {
-            Some(Slot::Live(l)) => Some(*l),
-            Some(Slot::Deleted(_)) => None,
-            None => self.base.get_by_hash(key),
-        }
+        self.layered(key, KeyTable::get_by_hash)
     }
 
     /// The segments the base covers.

@@ -159,17 +159,19 @@ impl Segment {
         // (appends never change written bytes).
         let size = self.size();
         let cacheable = self.sealed.load(Ordering::Acquire) || (i + 1) * CACHE_BLOCK <= size;
+        // The value of the record that is exactly `buf`, if it is `key`'s.
+        let value = |buf: &[u8]| -> Result<Option<Vec<u8>>> {
+            let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
+            if n != buf.len() || rec.kind != Kind::Put {
+                return Err(damage("record is not the one the index points at".into()));
+            }
+            Ok((rec.key == key).then(|| rec.value.to_vec()))
+        };
         if cacheable && end <= size && (end - 1) / CACHE_BLOCK == i {
             let at = (offset - i * CACHE_BLOCK) as usize;
-            let parse = |block: &[u8]| -> Result<Option<Vec<u8>>> {
-                let buf = block
-                    .get(at..at + len as usize)
-                    .ok_or_else(|| damage("record lies past the segment's end".into()))?;
-                let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
-                if n != buf.len() || rec.kind != Kind::Put {
-                    return Err(damage("record is not the one the index points at".into()));
-                }
-                Ok((rec.key == key).then(|| rec.value.to_vec()))
+            let parse = |block: &[u8]| match block.get(at..at + len as usize) {
+                Some(buf) => value(buf),
+                None => Err(damage("record lies past the segment's end".into())),
             };
             // Decoded in place under the cache's lock when cached.
             if let Some(found) = cache.with((self.id, i as u32), |b| parse(b)) {
@@ -179,16 +181,7 @@ impl Segment {
         }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
-        let (rec, n) = codec::decode(&buf).map_err(|e| damage(e.to_string()))?;
-        if n != buf.len() || rec.kind != Kind::Put {
-            return Err(damage("record is not the one the index points at".into()));
-        }
-        if rec.key != key {
-            return Ok(None);
-        }
-        let start = n - rec.value.len();
-        buf.drain(..start);
-        Ok(Some(buf))
+        value(&buf)
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use smallvec::SmallVec;
 
-use super::table::Lent;
+use super::table::{prefix_past, Lent};
 use super::Value;
 
 const INDEX_SHARDS: usize = 16;
@@ -38,6 +38,15 @@ type MemKey = SmallVec<[u8; 24]>;
 type VersionKey = (MemKey, Reverse<u64>);
 
 type Ordered = BTreeMap<VersionKey, Value>;
+
+/// The map bound before every version of the keys not below `lo`.
+fn from_key(lo: Bound<&[u8]>) -> Bound<VersionKey> {
+    match lo {
+        Bound::Included(k) => Bound::Included((MemKey::from_slice(k), Reverse(u64::MAX))),
+        Bound::Excluded(k) => Bound::Excluded((MemKey::from_slice(k), Reverse(0))),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
 
 /// A key's newest version in a memtable, and the one before it: that one
 /// answers a read whose snapshot is just older than the newest (a batch
@@ -163,14 +172,8 @@ impl Memtable {
         let shards: Vec<_> = self.newest.iter().map(|s| s.read()).collect();
         // Sorted by each key's first 8 bytes, held inline, then the key:
         // most comparisons then read no key.
-        let prefix = |k: &[u8]| {
-            let mut p = [0u8; 8];
-            let n = k.len().min(8);
-            p[..n].copy_from_slice(&k[..n]);
-            u64::from_be_bytes(p)
-        };
         let mut all: Vec<(u64, &MemKey, &Newest)> =
-            shards.iter().flat_map(|s| s.iter()).map(|(k, e)| (prefix(k), k, e)).collect();
+            shards.iter().flat_map(|s| s.iter()).map(|(k, e)| (prefix_past(k, 0), k, e)).collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         for (_, k, e) in all {
             f(k, e.seq, &e.value)?;
@@ -189,11 +192,7 @@ impl Memtable {
         limit: usize,
     ) -> (Vec<(Vec<u8>, u64, Value)>, bool) {
         let mut out: Vec<(Vec<u8>, u64, Value)> = Vec::new();
-        let lo = match &bounds.0 {
-            Bound::Included(k) => Bound::Included((MemKey::from_slice(k), Reverse(u64::MAX))),
-            Bound::Excluded(k) => Bound::Excluded((MemKey::from_slice(k), Reverse(0))),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let lo = from_key(bounds.0.as_ref().map(Vec::as_slice));
         let hi = match &bounds.1 {
             Bound::Included(k) => Bound::Included((MemKey::from_slice(k), Reverse(0))),
             Bound::Excluded(k) => Bound::Excluded((MemKey::from_slice(k), Reverse(u64::MAX))),
@@ -261,12 +260,7 @@ pub(crate) struct MemCursor<'a> {
 impl<'a> MemCursor<'a> {
     /// At the first key not below `lo` that has a version in `snapshot`.
     pub(crate) fn seek(m: &'a Memtable, lo: Bound<&[u8]>, snapshot: u64) -> Self {
-        let from = match lo {
-            Bound::Included(k) => Bound::Included((MemKey::from_slice(k), Reverse(u64::MAX))),
-            Bound::Excluded(k) => Bound::Excluded((MemKey::from_slice(k), Reverse(0))),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let mut c = MemCursor { m, snapshot, buf: VecDeque::new(), from: Some(from), chunk: FIRST_CHUNK };
+        let mut c = MemCursor { m, snapshot, buf: VecDeque::new(), from: Some(from_key(lo)), chunk: FIRST_CHUNK };
         c.refill();
         c
     }
@@ -297,10 +291,7 @@ impl<'a> MemCursor<'a> {
     /// The current key's version (call only when `key` is some).
     pub(crate) fn version(&self) -> Lent<'_> {
         let (_, seq, v) = self.buf.front().expect("a current entry");
-        match v {
-            Value::Put(v, exp) => (*seq, Some((&v[..], *exp))),
-            Value::Delete => (*seq, None),
-        }
+        (*seq, v.lend())
     }
 
     /// To the next key.
@@ -320,7 +311,7 @@ mod tests {
         Value::Put(v.as_bytes().into(), 0)
     }
 
-    /// Point reads through the index agree with the skiplist at every
+    /// Point reads through the index agree with the ordered map at every
     /// snapshot: the newest version at or below it, or none.
     #[test]
     fn point_reads_see_the_newest_version_at_their_snapshot() {

@@ -1,7 +1,7 @@
 //! The `lsm` engine: an LSM-tree.
 //!
 //! - **Writes** append a batch to the write-ahead log of the active
-//!   memtable, then insert it into the memtable (a skiplist). A full
+//!   memtable, then add it to the memtable (see `memtable`). A full
 //!   memtable becomes immutable and a new memtable and log take over at
 //!   once; the background thread writes immutable memtables to level-0
 //!   tables. Writers wait (a counted stall) only while
@@ -55,8 +55,8 @@ use version::Version;
 /// A version of a key: a value with its expiry (0 = none), or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Value {
-    /// The bytes (shared, so the memtable's skiplist and point-read index
-    /// hold one copy) and the expiry.
+    /// The bytes (shared: the memtable's pending list, ordered map and
+    /// point-read index hold one copy) and the expiry.
     Put(Arc<[u8]>, u64),
     Delete,
 }
@@ -69,12 +69,17 @@ impl Value {
         }
     }
 
+    /// The bytes and expiry of a put, lent (`None` for a delete).
+    fn lend(&self) -> Option<(&[u8], u64)> {
+        match self {
+            Value::Put(v, exp) => Some((v, *exp)),
+            Value::Delete => None,
+        }
+    }
+
     /// The value and expiry, if live at `now`.
     fn live(self, now: u64) -> Option<(Vec<u8>, u64)> {
-        match self {
-            Value::Put(v, exp) if exp == 0 || exp > now => Some((v.to_vec(), exp)),
-            _ => None,
-        }
+        self.lend().filter(|&(_, exp)| exp == 0 || exp > now).map(|(v, exp)| (v.to_vec(), exp))
     }
 }
 
@@ -90,7 +95,15 @@ struct State {
     version: Arc<Version>,
 }
 
+/// The memtables a read consults, newest first.
+type Memtables = SmallVec<[Arc<Memtable>; 4]>;
+
 impl State {
+    /// The active memtable, then the immutable ones newest first.
+    fn memtables(&self) -> Memtables {
+        std::iter::once(&self.active).chain(&self.immutables).cloned().collect()
+    }
+
     /// The oldest write-ahead log still needed.
     fn min_wal(&self) -> u64 {
         self.immutables.last().map_or(self.active.wal, |m| m.wal)
@@ -195,10 +208,8 @@ impl LsmStore {
     /// the newest sequence number visible now.
     fn snapshot(&self, now_ms: u64) -> scan::Snapshot {
         let st = self.inner.state.read();
-        let mut mems = vec![Arc::clone(&st.active)];
-        mems.extend(st.immutables.iter().cloned());
         scan::Snapshot {
-            mems,
+            mems: st.memtables(),
             version: Arc::clone(&st.version),
             seq: self.inner.visible_seq.load(Ordering::Acquire),
             now: now_ms,
@@ -307,18 +318,12 @@ impl Inner {
         let snap = self.visible_seq.load(Ordering::Acquire);
         let (mems, version) = {
             let st = self.state.read();
-            let mut mems: SmallVec<[Arc<Memtable>; 4]> = SmallVec::new();
-            mems.push(Arc::clone(&st.active));
-            mems.extend(st.immutables.iter().cloned());
-            (mems, Arc::clone(&st.version))
+            (st.memtables(), Arc::clone(&st.version))
         };
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         for m in &mems {
             if let Some((_, v)) = m.get(key, snap) {
-                return Ok(match v {
-                    Value::Put(d, exp) => Some((d.to_vec(), exp)),
-                    Value::Delete => None,
-                });
+                return Ok(v.lend().map(|(d, exp)| (d.to_vec(), exp)));
             }
         }
         drop(mems);
@@ -326,17 +331,14 @@ impl Inner {
         let live = |(_, v): table::Lent<'_>| v.map(|(d, exp)| (d.to_vec(), exp));
         let mut found = None;
         'levels: for (level, tables) in version.levels.iter().enumerate() {
-            let deeper = if level == 0 {
-                None
+            // Level 0: every table; deeper: the one whose range may hold it.
+            let candidates = if level == 0 {
+                &tables[..]
             } else {
                 let i = tables.partition_point(|t| t.largest.as_slice() < key);
-                Some(tables.get(i).filter(|t| t.overlaps(key, key)))
+                tables.get(i..=i).unwrap_or_default()
             };
-            let candidates: &mut dyn Iterator<Item = &Arc<Table>> = match &deeper {
-                None => &mut tables.iter().filter(|t| t.overlaps(key, key)),
-                Some(t) => &mut t.iter().copied(),
-            };
-            for t in candidates {
+            for t in candidates.iter().filter(|t| t.overlaps(key, key)) {
                 if !t.may_contain(key) {
                     continue;
                 }

@@ -9,10 +9,10 @@
 //! their own side of each other, so `next` and `next_back` can be mixed.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use super::memtable::{MemCursor, Memtable};
+use super::memtable::MemCursor;
 use super::table::{Lent, RunCursor, Table};
 use super::version::Version;
 use super::Value;
@@ -25,7 +25,7 @@ const FIRST_CHUNK: usize = 16;
 const MAX_CHUNK: usize = 1024;
 
 pub(crate) struct Snapshot {
-    pub(crate) mems: Vec<Arc<Memtable>>,
+    pub(crate) mems: super::Memtables,
     pub(crate) version: Arc<Version>,
     pub(crate) seq: u64,
     pub(crate) now: u64,
@@ -188,14 +188,6 @@ impl Source<'_> {
     }
 }
 
-fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
-    match b {
-        Bound::Included(k) => Bound::Included(k.as_slice()),
-        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
-        Bound::Unbounded => Bound::Unbounded,
-    }
-}
-
 /// Calls `f` with each live entry of `range` in the snapshot, in key
 /// order, until it returns false: a merge of one cursor per memtable,
 /// per level-0 table and per deeper level, each lending its bytes (no
@@ -208,7 +200,8 @@ pub(crate) fn for_each(
     if empty_range(&range.0, &range.1) {
         return Ok(());
     }
-    let lo = as_ref(&range.0);
+    let lo = range.0.as_ref().map(Vec::as_slice);
+    let below_hi = (Bound::Unbounded, range.1.as_ref().map(Vec::as_slice));
     let mut sources = Vec::new();
     for m in &snap.mems {
         sources.push(Source::Mem(MemCursor::seek(m, lo, snap.seq)));
@@ -241,12 +234,7 @@ pub(crate) fn for_each(
             }
         }
         let Some((b, k, _)) = best else { return Ok(()) };
-        let past = match &range.1 {
-            Bound::Included(h) => k > h.as_slice(),
-            Bound::Excluded(h) => k >= h.as_slice(),
-            Bound::Unbounded => false,
-        };
-        if past {
+        if !below_hi.contains(k) {
             return Ok(());
         }
         key.clear();

@@ -15,7 +15,7 @@
 //! key suffix, value`; a data entry's value is `kind u8 (1 put, 2 delete),
 //! seq u64, expires_at u64, value bytes`.
 
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 
 use smallvec::SmallVec;
@@ -197,11 +197,25 @@ impl RawBlock {
         self.body.len()
     }
 
-    /// The whole key stored at a restart point.
-    fn restart_key(&self, i: usize) -> &[u8] {
-        let at = self.restarts[i] as usize;
-        let unshared = u32_at(&self.body, at + 4).unwrap_or(0) as usize;
+    /// The entry header at byte `at` (validated by [`RawBlock::parse`]):
+    /// shared key bytes, unshared key bytes, value bytes.
+    fn header(&self, at: usize) -> (usize, usize, usize) {
+        let b = &self.body;
+        let field = |i: usize| u32_at(b, at + 4 * i).unwrap_or(0) as usize;
+        (field(0), field(1), field(2))
+    }
+
+    /// The whole key stored at a restart point (byte `at`).
+    fn restart_key(&self, at: usize) -> &[u8] {
+        let (_, unshared, _) = self.header(at);
         &self.body[at + 12..at + 12 + unshared]
+    }
+
+    /// The byte offset of the last restart point whose key is <= `key`
+    /// (the first entry if there is none): where a search for `key` starts.
+    fn restart_at_or_before(&self, key: &[u8]) -> usize {
+        let i = self.restarts.partition_point(|&r| self.restart_key(r as usize) <= key);
+        self.restarts.get(i.saturating_sub(1)).map_or(0, |&r| r as usize)
     }
 
     /// Calls `f` for the entries from byte `at` on, with each full key,
@@ -209,15 +223,10 @@ impl RawBlock {
     fn walk<'s>(&'s self, mut at: usize, mut f: impl FnMut(&[u8], &'s [u8]) -> bool) {
         let mut key: SmallVec<[u8; 64]> = SmallVec::new();
         while at < self.entries_end {
-            let b = &self.body;
-            let (shared, unshared, vlen) = (
-                u32_at(b, at).unwrap_or(0) as usize,
-                u32_at(b, at + 4).unwrap_or(0) as usize,
-                u32_at(b, at + 8).unwrap_or(0) as usize,
-            );
+            let (shared, unshared, vlen) = self.header(at);
             key.truncate(shared);
-            key.extend_from_slice(&b[at + 12..at + 12 + unshared]);
-            let v = &b[at + 12 + unshared..at + 12 + unshared + vlen];
+            key.extend_from_slice(&self.body[at + 12..at + 12 + unshared]);
+            let v = &self.body[at + 12 + unshared..at + 12 + unshared + vlen];
             if !f(&key, v) {
                 return;
             }
@@ -227,19 +236,8 @@ impl RawBlock {
 
     /// The entry of `key`, found through the restart points, lent to `f`.
     fn seek_with<R>(&self, key: &[u8], f: impl FnOnce(Lent<'_>) -> R) -> Option<R> {
-        // The last restart point whose key is <= `key`.
-        let (mut lo, mut hi) = (0, self.restarts.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.restart_key(mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let from = self.restarts.get(lo.saturating_sub(1)).map_or(0, |&r| r as usize);
         let mut found = None;
-        self.walk(from, |k, v| match k.cmp(key) {
+        self.walk(self.restart_at_or_before(key), |k, v| match k.cmp(key) {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Equal => {
                 found = Some(v);
@@ -290,29 +288,13 @@ impl BlockCursor {
     /// At the block's first entry whose key is not below `lo`.
     fn seek(block: Arc<RawBlock>, lo: Bound<&[u8]>) -> BlockCursor {
         let from = match lo {
-            Bound::Included(k) | Bound::Excluded(k) => {
-                let (mut a, mut b) = (0, block.restarts.len());
-                while a < b {
-                    let mid = (a + b) / 2;
-                    if block.restart_key(mid) < k {
-                        a = mid + 1;
-                    } else {
-                        b = mid;
-                    }
-                }
-                block.restarts.get(a.saturating_sub(1)).map_or(0, |&r| r as usize)
-            }
+            Bound::Included(k) | Bound::Excluded(k) => block.restart_at_or_before(k),
             Bound::Unbounded => 0,
         };
         let mut c = BlockCursor { block, at: from, key: Vec::new(), value: 0..0 };
         c.load();
-        while c.valid()
-            && match lo {
-                Bound::Included(k) => c.key.as_slice() < k,
-                Bound::Excluded(k) => c.key.as_slice() <= k,
-                Bound::Unbounded => false,
-            }
-        {
+        let from_lo = (lo, Bound::Unbounded);
+        while c.valid() && !from_lo.contains(c.key.as_slice()) {
             c.advance();
         }
         c
@@ -327,15 +309,10 @@ impl BlockCursor {
         if !self.valid() {
             return;
         }
-        let b = &self.block.body;
         let at = self.at;
-        let (shared, unshared, vlen) = (
-            u32_at(b, at).unwrap_or(0) as usize,
-            u32_at(b, at + 4).unwrap_or(0) as usize,
-            u32_at(b, at + 8).unwrap_or(0) as usize,
-        );
+        let (shared, unshared, vlen) = self.block.header(at);
         self.key.truncate(shared);
-        self.key.extend_from_slice(&b[at + 12..at + 12 + unshared]);
+        self.key.extend_from_slice(&self.block.body[at + 12..at + 12 + unshared]);
         self.value = at + 12 + unshared..at + 12 + unshared + vlen;
     }
 
@@ -731,7 +708,7 @@ impl Table {
 
 /// Eight bytes of `key` from byte `skip` on, big-endian (zeros past its
 /// end): ordered as the keys are, ties broken by the keys themselves.
-fn prefix_past(key: &[u8], skip: usize) -> u64 {
+pub(crate) fn prefix_past(key: &[u8], skip: usize) -> u64 {
     let rest = key.get(skip..).unwrap_or_default();
     let mut p = [0u8; 8];
     let n = rest.len().min(8);
