@@ -3,6 +3,11 @@
 //! `appendfsync everysec`) on loopback, both driven by
 //! `redis-benchmark -t set,get,incr -n N -r 100000 -d 100 -c 50` with
 //! `-P 1` and `-P 16`; requests per second side by side with ratios.
+//!
+//! A shared machine's noise moves one redis-benchmark figure by 20% or
+//! more from run to run, so the servers are measured in rounds: each round
+//! starts every server afresh in turn (Redis first), and the tables give
+//! each figure's median over the rounds; the JSON keeps every round's.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +33,10 @@ pub struct ServerArgs {
     /// redis-benchmark needs a core of its own on a small machine.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Rounds: each starts every server afresh, one after another, and
+    /// runs every test against it; the tables show each figure's median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     #[command(flatten)]
     pub common: procs::Common,
 }
@@ -125,19 +134,55 @@ pub fn run(args: &ServerArgs) -> Result<(), String> {
     result
 }
 
+/// The median of `xs` (NaN if empty).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// One figure per (test, pipeline): the median of the rounds' figures.
+fn medians(rounds: &[Figures], pick: impl Fn(&Figures) -> &Vec<((String, u32), f64)>) -> Vec<((String, u32), f64)> {
+    let Some(first) = rounds.first() else { return Vec::new() };
+    pick(first)
+        .iter()
+        .map(|(k, _)| (k.clone(), median(rounds.iter().map(|f| lookup(pick(f), &k.0, k.1)).collect())))
+        .collect()
+}
+
 fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
-    let mut all = Vec::new();
-    {
-        let redis = procs::start_redis(base)?;
-        all.push(drive(&redis, args)?);
+    let names: Vec<String> =
+        std::iter::once("redis".to_string()).chain(args.engines.iter().map(|e| format!("latchkey-{e}"))).collect();
+    // rounds[s][r]: server s's figures in round r.
+    let mut rounds: Vec<Vec<Figures>> = names.iter().map(|_| Vec::new()).collect();
+    for r in 1..=args.rounds {
+        eprintln!("round {r} of {}", args.rounds);
+        for (i, name) in names.iter().enumerate() {
+            let server = match name.strip_prefix("latchkey-") {
+                None => procs::start_redis(base)?,
+                Some(engine) => procs::start_latchkey(bin, base, engine, args.threads)?,
+            };
+            rounds[i].push(drive(&server, args)?);
+        }
     }
-    for engine in &args.engines {
-        let server = procs::start_latchkey(bin, base, engine, args.threads)?;
-        all.push(drive(&server, args)?);
-    }
+    let all: Vec<Figures> = rounds
+        .iter()
+        .zip(&names)
+        .map(|(rs, name)| Figures {
+            name: name.clone(),
+            rps: medians(rs, |f| &f.rps),
+            p50_ms: medians(rs, |f| &f.p50_ms),
+            server_cpu_secs: median(rs.iter().map(|f| f.server_cpu_secs).collect()),
+            server_peak_rss_mib: rs.iter().map(|f| f.server_peak_rss_mib).fold(f64::NAN, f64::max),
+        })
+        .collect();
     println!(
-        "redis-benchmark -t set,get,incr -n {} -r 100000 -d 100 -c {}, on loopback; requests per second",
-        args.requests, args.clients
+        "redis-benchmark -t set,get,incr -n {} -r 100000 -d 100 -c {}, on loopback; requests per second, \
+         median of {} round(s)",
+        args.requests, args.clients, args.rounds
     );
     println!(
         "redis: appendonly yes, appendfsync everysec; latchkey serve: --sync 1000 (fsync every second), --threads {}",
@@ -176,24 +221,31 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
     for f in &all {
         print!("{:>16}", format!("{:.1}s/{:.0}MiB", f.server_cpu_secs, f.server_peak_rss_mib));
     }
-    println!("  (server CPU seconds over every test / peak RSS)");
+    println!("  (server CPU seconds over every test, median of the rounds / peak RSS)");
     if args.common.json.is_some() {
+        let figures = |f: &Figures| {
+            let mut m = serde_json::Map::new();
+            for ((t, p), v) in &f.rps {
+                m.insert(format!("{t} -P{p} rps"), (*v).into());
+            }
+            for ((t, p), v) in &f.p50_ms {
+                m.insert(format!("{t} -P{p} p50 ms"), (*v).into());
+            }
+            m.insert("server cpu secs".into(), f.server_cpu_secs.into());
+            m.insert("server peak rss mib".into(), f.server_peak_rss_mib.into());
+            m
+        };
         let servers: serde_json::Map<String, serde_json::Value> = all
             .iter()
-            .map(|f| {
-                let mut m = serde_json::Map::new();
-                for ((t, p), v) in &f.rps {
-                    m.insert(format!("{t} -P{p} rps"), (*v).into());
-                }
-                for ((t, p), v) in &f.p50_ms {
-                    m.insert(format!("{t} -P{p} p50 ms"), (*v).into());
-                }
-                m.insert("server cpu secs".into(), f.server_cpu_secs.into());
-                m.insert("server peak rss mib".into(), f.server_peak_rss_mib.into());
+            .zip(&rounds)
+            .map(|(f, rs)| {
+                let mut m = figures(f);
+                m.insert("rounds".into(), rs.iter().map(|r| serde_json::Value::Object(figures(r))).collect());
                 (f.name.clone(), serde_json::Value::Object(m))
             })
             .collect();
-        let doc = serde_json::json!({"requests": args.requests, "clients": args.clients, "latchkey_threads": args.threads, "servers": servers});
+        let doc = serde_json::json!({"requests": args.requests, "clients": args.clients, "latchkey_threads": args.threads,
+            "rounds": args.rounds, "figures": "median of the rounds", "servers": servers});
         args.common.write_json(&doc)?;
     }
     Ok(())

@@ -106,6 +106,7 @@ fn the_server_benchmark_runs_beside_redis() {
         engines: vec!["hash".into(), "btree".into()],
         pipelines: vec![1, 16],
         threads: 1,
+        rounds: 3,
         common: latchkey_bench::procs::Common {
             latchkey: Some(env!("CARGO_BIN_EXE_latchkey").into()),
             work_dir: Some(tmp.path().join("work")),
@@ -118,6 +119,13 @@ fn the_server_benchmark_runs_beside_redis() {
         for t in ["SET -P1", "GET -P1", "INCR -P1", "SET -P16", "GET -P16", "INCR -P16"] {
             let rps = doc["servers"][server][format!("{t} rps")].as_f64();
             assert!(rps.is_some_and(|r| r > 0.0), "{server} {t}: {}", doc["servers"][server]);
+            // The figure is the median of the three rounds'.
+            let mut each: Vec<f64> = (doc["servers"][server]["rounds"].as_array().unwrap().iter())
+                .map(|r| r[format!("{t} rps")].as_f64().unwrap())
+                .collect();
+            assert_eq!(each.len(), 3, "{server} {t}");
+            each.sort_by(f64::total_cmp);
+            assert_eq!(rps, Some(each[1]), "{server} {t}: {each:?}");
         }
     }
 }
