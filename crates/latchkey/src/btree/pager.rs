@@ -3,6 +3,14 @@
 //! when the pool is full. A frame someone holds (a latch, or the writer's
 //! list of dirty pages) is never evicted, so dirty pages stay in memory
 //! until a checkpoint writes them.
+//!
+//! Leaves a scan reaches by a sibling link are loaded into a small ring
+//! per shard instead (as PostgreSQL's ring buffers for scans): when the
+//! ring is full, its oldest frame that no one holds and nothing used since
+//! the scan goes, and its memory takes the next page the scan loads. A
+//! long scan so neither pushes the pool's other pages out nor allocates
+//! (and faults in) a fresh frame per leaf; a frame used again before its
+//! turn joins the pool's clock like any other.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -30,9 +38,13 @@ struct Slot {
 struct Shard {
     frames: HashMap<u32, Slot, foldhash::fast::RandomState>,
     clock: VecDeque<u32>,
+    /// Pages scans loaded, oldest first (in `frames`, not in `clock`).
+    ring: VecDeque<u32>,
 }
 
 const SHARDS: usize = 16;
+/// Frames per shard in the scans' ring: 128 pages in all.
+const RING: usize = 8;
 
 pub(crate) struct Pager {
     pub file: File,
@@ -78,9 +90,45 @@ impl Pager {
         Ok(self.insert(id, buf))
     }
 
+    /// Like [`Pager::latch`], for a scan moving along the leaves: a page
+    /// not cached is loaded into the shard's ring (see the module doc).
+    pub fn latch_for_scan(&self, id: u32) -> Result<Latch> {
+        let spare = {
+            let mut shard = self.shard(id).lock();
+            if let Some(slot) = shard.frames.get(&id) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                slot.referenced.store(true, Ordering::Relaxed);
+                return Ok(Arc::clone(&slot.latch));
+            }
+            if shard.ring.len() >= RING {
+                recycle(&mut shard)
+            } else {
+                None
+            }
+        };
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let buf = self.read_into(id, spare)?;
+        let mut shard = self.shard(id).lock();
+        if let Some(slot) = shard.frames.get(&id) {
+            return Ok(Arc::clone(&slot.latch));
+        }
+        if shard.frames.len() >= self.per_shard {
+            evict(&mut shard);
+        }
+        let latch = Arc::new(RwLock::new(buf));
+        shard.frames.insert(id, Slot { latch: Arc::clone(&latch), referenced: AtomicBool::new(false) });
+        shard.ring.push_back(id);
+        Ok(latch)
+    }
+
     /// Reads and verifies page `id` from the file.
     pub fn read_from_disk(&self, id: u32) -> Result<Box<[u8]>> {
-        let mut buf = vec![0u8; self.page_size].into_boxed_slice();
+        self.read_into(id, None)
+    }
+
+    /// Reads and verifies page `id` into `buf` (a new frame if `None`).
+    fn read_into(&self, id: u32, buf: Option<Box<[u8]>>) -> Result<Box<[u8]>> {
+        let mut buf = buf.unwrap_or_else(|| vec![0u8; self.page_size].into_boxed_slice());
         self.file.read_exact_at(&mut buf, id as u64 * self.page_size as u64)?;
         page::verify(&buf, id).map_err(|r| page::damaged(self.path(), id, self.page_size, r))?;
         Ok(buf)
@@ -111,6 +159,11 @@ impl Pager {
         Ok(self.latch(id)?.read_arc())
     }
 
+    /// [`Pager::read`] through [`Pager::latch_for_scan`].
+    pub fn read_for_scan(&self, id: u32) -> Result<ReadGuard> {
+        Ok(self.latch_for_scan(id)?.read_arc())
+    }
+
     pub fn write(&self, id: u32) -> Result<WriteGuard> {
         Ok(self.latch(id)?.write_arc())
     }
@@ -121,6 +174,7 @@ impl Pager {
         buf[16..20].copy_from_slice(&id.to_le_bytes());
         let mut shard = self.shard(id).lock();
         shard.frames.remove(&id);
+        shard.ring.retain(|&r| r != id);
         self.add_frame(&mut shard, id, buf)
     }
 
@@ -128,6 +182,20 @@ impl Pager {
     pub fn capacity(&self) -> usize {
         self.per_shard * SHARDS
     }
+}
+
+/// Takes the ring's oldest page out of the pool and returns its memory,
+/// unless someone holds it or used it since the scan did: then it stays,
+/// as an ordinary frame of the clock.
+fn recycle(shard: &mut Shard) -> Option<Box<[u8]>> {
+    let id = shard.ring.pop_front()?;
+    let slot = shard.frames.get(&id)?;
+    if slot.referenced.load(Ordering::Relaxed) || Arc::strong_count(&slot.latch) > 1 {
+        shard.clock.push_back(id);
+        return None;
+    }
+    let slot = shard.frames.remove(&id)?;
+    Arc::try_unwrap(slot.latch).ok().map(RwLock::into_inner)
 }
 
 /// Second chance: skip frames someone holds or used since the last pass.
@@ -141,5 +209,61 @@ fn evict(shard: &mut Shard) {
         }
         shard.frames.remove(&id);
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btree::page::PageType;
+
+    const PAGE: usize = 4096;
+
+    /// A pager over a file of `n` empty leaves, each naming its own id, and
+    /// a pool big enough never to evict.
+    fn pager_of(dir: &Path, n: u32) -> Pager {
+        let path = dir.join("pages");
+        let file = File::create_new(&path).unwrap();
+        for id in 0..n {
+            let mut p = vec![0u8; PAGE];
+            page::set_header(&mut p, PageType::Leaf, 0, id, 0, 0);
+            // No cells: they would start at the end of the page.
+            p[28..30].copy_from_slice(&(PAGE as u16).to_le_bytes());
+            page::seal(&mut p);
+            file.write_all_at(&p, id as u64 * PAGE as u64).unwrap();
+        }
+        Pager::new(file, PAGE, 64 << 20)
+    }
+
+    fn frames(p: &Pager) -> usize {
+        p.shards.iter().map(|s| s.lock().frames.len()).sum()
+    }
+
+    #[test]
+    fn a_scan_turns_over_a_ring_and_keeps_what_is_held_or_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let pager = pager_of(dir.path(), 1000);
+        // Page 3 is held through the scan; page 5 is read again by a point
+        // read after the scan loaded it.
+        let held = pager.read_for_scan(3).unwrap();
+        drop(pager.read_for_scan(5).unwrap());
+        drop(pager.read(5).unwrap());
+        for id in 6..1000 {
+            let g = pager.read_for_scan(id).unwrap();
+            assert_eq!(page::page_id(&g), id, "a recycled frame holds the page it was loaded with");
+        }
+        // The scan's pages came and went through the ring: the pool holds
+        // about the ring, not the 1,000 pages read.
+        assert!(frames(&pager) <= SHARDS * RING + 2, "{} frames", frames(&pager));
+        assert_eq!(page::page_id(&held), 3, "a held frame is never reused");
+        let misses = pager.misses.load(Ordering::Relaxed);
+        drop(pager.read(3).unwrap());
+        drop(pager.read(5).unwrap());
+        assert_eq!(pager.misses.load(Ordering::Relaxed), misses, "pages 3 and 5 stayed in the pool");
+        // An ordinary read caches as before.
+        for id in 100..400 {
+            drop(pager.read(id).unwrap());
+        }
+        assert!(frames(&pager) >= 300, "{} frames", frames(&pager));
     }
 }

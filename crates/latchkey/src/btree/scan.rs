@@ -104,7 +104,7 @@ impl Inner {
         let _gate = self.gate.read();
         let direct = match resume {
             Some(Resume { leaf, next, smo }) => {
-                let g = self.pager.read(next)?;
+                let g = self.pager.read_for_scan(next)?;
                 let unchanged = self.smo.load(Ordering::Acquire) == smo;
                 (unchanged && page::page_type(&g) == Some(PageType::Leaf) && page::aux(&g) == leaf).then_some(g)
             }
@@ -148,7 +148,7 @@ impl Inner {
                 let smo = self.smo.load(Ordering::Acquire);
                 return Ok(Some(Resume { leaf: page::page_id(&g), next, smo }));
             }
-            g = self.pager.read(next)?;
+            g = self.pager.read_for_scan(next)?;
         }
     }
 
@@ -162,8 +162,9 @@ impl Inner {
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
         let (mut lo, hi) = range;
-        let mut arena: Vec<u8> = Vec::new();
-        let mut ents: Vec<(usize, usize, usize)> = Vec::new();
+        // A chunk is about a leaf's entries: sized for one from the start.
+        let mut arena: Vec<u8> = Vec::with_capacity(2 * self.limits.page_size);
+        let mut ents: Vec<(usize, usize, usize)> = Vec::with_capacity(4 * CHUNK);
         let mut resume = None;
         loop {
             arena.clear();
