@@ -156,6 +156,45 @@ fn damaged_key_table_falls_back_to_reading_the_segments() {
     }
 }
 
+/// A key table of the layout before 2026-11-26 (file kind 4) is not
+/// damage: `check` notes it, and an open reads the data segments instead.
+#[test]
+fn a_key_table_of_the_older_layout_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::small_options(Engine::Hash, false);
+    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    for k in 0..300u32 {
+        db.put(k.to_be_bytes(), k.to_le_bytes()).unwrap();
+    }
+    db.delete(7u32.to_be_bytes()).unwrap();
+    db.compact().unwrap();
+    db.put(1u32.to_be_bytes(), b"newer").unwrap();
+    drop(db);
+    let table = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "keys"))
+        .expect("merge wrote a key table");
+    // The file header of the older layout: magic, version 1, kind 4, CRC.
+    let mut bytes = std::fs::read(&table).unwrap();
+    bytes[10..12].copy_from_slice(&4u16.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..12]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&table, bytes).unwrap();
+    let report = latchkey::check(dir.path(), &mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.damage);
+    assert!(report.notes.iter().any(|n| n.contains("older layout")), "{:?}", report.notes);
+    let db = Db::open(dir.path(), opts).unwrap();
+    for k in 0..300u32 {
+        let want = match k {
+            1 => Some(b"newer".to_vec()),
+            7 => None,
+            _ => Some(k.to_le_bytes().to_vec()),
+        };
+        assert_eq!(db.get(k.to_be_bytes()).unwrap(), want, "key {k}");
+    }
+}
+
 /// Expired keys read as absent at once, survive a reopen as expired, and
 /// are not copied by merge.
 #[test]

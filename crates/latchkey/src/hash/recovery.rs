@@ -178,6 +178,11 @@ pub(crate) fn check(dir: &Path, progress: &mut Progress<'_>) -> Result<CheckRepo
         if ext == "keys" {
             match KeyTable::load(&path) {
                 Ok(t) => report.records += t.len() as u64,
+                Err(_) if KeyTable::is_older_layout(&path) => report.notes.push(format!(
+                    "{}: a key table of an older layout; not used (the data segments are read at open) \
+                     until the next merge or clean close writes a new one",
+                    path.display()
+                )),
                 Err(e) => report.damage.push(e),
             }
         } else {

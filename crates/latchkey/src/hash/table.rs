@@ -5,19 +5,24 @@
 //! insert per key. Byte layout (all little-endian):
 //!
 //! ```text
-//! 0    16           file header (magic, version, kind = 4, crc)
+//! 0    16           file header (magic, version, kind = 8, crc)
 //! 16   u64 count    entries
 //! 24   u64 bits     the slot array has 2^bits slots (load factor <= 2/3)
 //! 32   u64 max_seq  the highest sequence number of any entry
 //! 40   u64 nsegs    then nsegs x u64 segment ids
 //! ..   u64 keybytes (below 2^32)
-//! ..   2^bits x u64 slots: 0 = empty, else (hash << 32) | (entry index + 1)
-//! ..   count x 32-byte entries:
-//!        u32 key offset, u32 key length, u32 segment index, u32 record length,
-//!        u64 record offset, u64 expires_at
+//! ..   2^bits x 32-byte slots, all zero if empty, else:
+//!        u32 hash, u32 key offset, u32 key length, u32 record length,
+//!        u64 (segment index + 1) << 48 | record offset, u64 expires_at
 //! ..   keybytes of keys, back to back
 //! ..   u32 CRC32C of everything after the file header
 //! ```
+//!
+//! A slot holds the whole entry, so a lookup by hash costs one cache miss
+//! (the slot) before the record's. (Tables of kind 4, from before
+//! 2026-11-26, kept 8-byte slots pointing into an entry array: two
+//! dependent misses. They are ignored with a warning, as a damaged table
+//! is, and the next merge or clean close writes the new layout.)
 //!
 //! The segment ids are every segment the table *covers*: those holding an
 //! entry, and (for a table written at a clean close) segments whose
@@ -34,9 +39,11 @@ use crate::error::{Error, Result};
 use crate::fs::File;
 use crate::log::{file_header, FileKind, FILE_HEADER_LEN};
 
-const ENTRY_LEN: usize = 32;
-/// A slot: the key's 32-bit hash (high half) and entry index + 1 (low half).
-const SLOT_LEN: usize = 8;
+const SLOT_LEN: usize = 32;
+/// Record offsets are kept in the low 48 bits of a slot's location word.
+const OFFSET_BITS: u32 = 48;
+/// Segment indexes (plus one) are kept in its high 16 bits.
+const MAX_SEGS: usize = (1 << (64 - OFFSET_BITS)) - 1;
 
 /// A loaded (or empty) key table.
 #[derive(Debug, Default)]
@@ -47,7 +54,6 @@ pub(crate) struct KeyTable {
     max_seq: u64,
     segs: Vec<SegId>,
     slots_at: usize,
-    entries_at: usize,
     keys_at: usize,
 }
 
@@ -69,8 +75,10 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 impl KeyTable {
     /// Encodes a table of `entries` (keys must be distinct) as file bytes,
-    /// or `None` if its keys add up to 4 GiB or more (then the merge writes
-    /// no table and startup reads the data segments instead).
+    /// or `None` if it cannot be written in this layout: keys adding up to
+    /// 4 GiB or more, more than 65,535 segments, or a record offset at or
+    /// past 2^48. (Then the merge writes no table and startup reads the
+    /// data segments instead.)
     pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Option<Vec<u8>> {
         Self::encode_covering(entries, &[], 0)
     }
@@ -82,16 +90,18 @@ impl KeyTable {
         let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).chain(covers.iter().copied()).collect();
         segs.sort_unstable();
         segs.dedup();
-        // Load factor at most 2/3: a slot keeps the key's hash, so probing
-        // past other keys reads only slots.
+        // Load factor at most 2/3: probes end soon at an empty slot.
         let bits = (entries.len().max(1) * 3).div_ceil(2).next_power_of_two().trailing_zeros();
         let key_bytes: usize = entries.iter().map(|(k, _)| k.len()).sum();
-        if key_bytes > u32::MAX as usize || entries.len() >= u32::MAX as usize {
+        if key_bytes > u32::MAX as usize
+            || entries.len() >= u32::MAX as usize
+            || segs.len() > MAX_SEGS
+            || entries.iter().any(|(_, l)| l.offset >> OFFSET_BITS != 0)
+        {
             return None;
         }
         let max_seq = entries.iter().map(|(_, l)| l.seq).max().unwrap_or(0).max(max_seq);
-        let mut out =
-            Vec::with_capacity(64 + segs.len() * 8 + (SLOT_LEN << bits) + entries.len() * ENTRY_LEN + key_bytes);
+        let mut out = Vec::with_capacity(64 + segs.len() * 8 + (SLOT_LEN << bits) + key_bytes);
         out.extend_from_slice(&file_header(FileKind::KeyTable));
         for x in [entries.len() as u64, bits as u64, max_seq, segs.len() as u64] {
             out.extend_from_slice(&x.to_le_bytes());
@@ -104,28 +114,26 @@ impl KeyTable {
         out.resize(slots_at + (SLOT_LEN << bits), 0);
         let mask = (1usize << bits) - 1;
         let mut key_off = 0u32;
-        let mut keys = Vec::with_capacity(key_bytes);
-        for (i, (key, loc)) in entries.iter().enumerate() {
+        for (key, loc) in entries {
             let h = hash(key);
             let mut slot = (h >> (32 - bits.max(1))) as usize & mask;
-            while u64_at(&out, slots_at + slot * SLOT_LEN) != 0 {
+            while u64_at(&out, slots_at + slot * SLOT_LEN + 16) != 0 {
                 slot = (slot + 1) & mask;
             }
-            let value = (u64::from(h) << 32) | (i as u64 + 1);
-            out[slots_at + slot * SLOT_LEN..slots_at + (slot + 1) * SLOT_LEN].copy_from_slice(&value.to_le_bytes());
-            let seg_idx = segs.binary_search(&loc.seg).unwrap_or(0) as u32;
-            let mut e = [0u8; ENTRY_LEN];
-            e[0..4].copy_from_slice(&key_off.to_le_bytes());
-            e[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
-            e[8..12].copy_from_slice(&seg_idx.to_le_bytes());
+            let seg_idx = segs.binary_search(&loc.seg).unwrap_or(0) as u64;
+            let at = slots_at + slot * SLOT_LEN;
+            let e = &mut out[at..at + SLOT_LEN];
+            e[0..4].copy_from_slice(&h.to_le_bytes());
+            e[4..8].copy_from_slice(&key_off.to_le_bytes());
+            e[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
             e[12..16].copy_from_slice(&loc.len.to_le_bytes());
-            e[16..24].copy_from_slice(&loc.offset.to_le_bytes());
+            e[16..24].copy_from_slice(&(((seg_idx + 1) << OFFSET_BITS) | loc.offset).to_le_bytes());
             e[24..32].copy_from_slice(&loc.expires_at.to_le_bytes());
-            keys.extend_from_slice(key);
             key_off += key.len() as u32;
-            out.extend_from_slice(&e);
         }
-        out.extend_from_slice(&keys);
+        for (key, _) in entries {
+            out.extend_from_slice(key);
+        }
         let crc = crc32c::crc32c(&out[FILE_HEADER_LEN as usize..]);
         out.extend_from_slice(&crc.to_le_bytes());
         Some(out)
@@ -138,6 +146,14 @@ impl KeyTable {
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, 0)?;
         Self::parse(path, buf)
+    }
+
+    /// Whether the file at `path` is a key table of the layout before this
+    /// one (kind 4): not damage, just a table this version does not use.
+    pub(crate) fn is_older_layout(path: &Path) -> bool {
+        let mut h = [0u8; FILE_HEADER_LEN as usize];
+        File::open_read(path).and_then(|f| f.read_exact_at(&mut h, 0)).is_ok()
+            && h == file_header(FileKind::OldKeyTable)
     }
 
     /// Verifies encoded table bytes (as [`KeyTable::encode`] made them) that
@@ -154,6 +170,9 @@ impl KeyTable {
     fn parse(path: &Path, buf: Vec<u8>) -> Result<KeyTable> {
         let bad = |at: usize, why: &str| Error::corruption(path, at as u64, why.to_string());
         let h = FILE_HEADER_LEN as usize;
+        if buf.len() >= h && buf[..h] == file_header(FileKind::OldKeyTable) {
+            return Err(bad(0, "key table of an older layout (kind 4), not used by this version"));
+        }
         if buf.len() < h + 48 || buf[..h] != file_header(FileKind::KeyTable) {
             return Err(bad(0, "bad key table header"));
         }
@@ -166,7 +185,7 @@ impl KeyTable {
         let max_seq = u64_at(&buf, h + 16);
         let nsegs = u64_at(&buf, h + 24) as usize;
         // At most 2/3 of the slots are used, so every probe ends at an empty one.
-        if bits > 31 || count.saturating_mul(3) > (1usize << bits) * 2 {
+        if bits > 31 || count.saturating_mul(3) > (1usize << bits) * 2 || nsegs > MAX_SEGS {
             return Err(bad(h, "impossible key table sizes"));
         }
         let segs_at = h + 32;
@@ -177,42 +196,36 @@ impl KeyTable {
         let segs = (0..nsegs).map(|i| u64_at(&buf, segs_at + i * 8)).collect();
         let key_bytes = u64_at(&buf, keys_len_at) as usize;
         let slots_at = keys_len_at + 8;
-        let entries_at = slots_at + (SLOT_LEN << bits);
-        let keys_at = entries_at + count * ENTRY_LEN;
+        let keys_at = slots_at + (SLOT_LEN << bits);
         if keys_at.checked_add(key_bytes) != Some(body_end) {
             return Err(bad(h, "key table sizes do not add up"));
         }
-        let t = KeyTable { count, bits: bits as u32, max_seq, segs, slots_at, entries_at, keys_at, buf };
-        t.validate_entries(path)?;
+        let t = KeyTable { count, bits: bits as u32, max_seq, segs, slots_at, keys_at, buf };
+        t.validate_slots(path)?;
         Ok(t)
     }
 
     /// Every entry's key and segment must lie inside the table, so that
-    /// later lookups can index without checks failing.
-    fn validate_entries(&self, path: &Path) -> Result<()> {
+    /// later lookups can index without checks failing; and the table holds
+    /// as many entries as it says.
+    fn validate_slots(&self, path: &Path) -> Result<()> {
         let key_bytes = self.buf.len() - 4 - self.keys_at;
-        for i in 0..self.count {
-            let at = self.entries_at + i * ENTRY_LEN;
-            let (off, len) = (u32_at(&self.buf, at) as usize, u32_at(&self.buf, at + 4) as usize);
-            let seg = u32_at(&self.buf, at + 8) as usize;
-            if off.checked_add(len).is_none_or(|end| end > key_bytes) || seg >= self.segs.len() {
+        let mut used = 0;
+        for s in 0..1usize << self.bits {
+            let at = self.slots_at + s * SLOT_LEN;
+            let word = u64_at(&self.buf, at + 16);
+            if word == 0 {
+                continue;
+            }
+            used += 1;
+            let (off, len) = (u32_at(&self.buf, at + 4) as usize, u32_at(&self.buf, at + 8) as usize);
+            let seg = (word >> OFFSET_BITS) as usize;
+            if off.checked_add(len).is_none_or(|end| end > key_bytes) || seg > self.segs.len() {
                 return Err(Error::corruption(path, at as u64, "key table entry out of range"));
             }
         }
-        let mut used = 0;
-        for s in 0..1usize << self.bits {
-            let e = (u64_at(&self.buf, self.slots_at + s * SLOT_LEN) & 0xffff_ffff) as usize;
-            if e > self.count {
-                return Err(Error::corruption(
-                    path,
-                    (self.slots_at + s * SLOT_LEN) as u64,
-                    "key table slot out of range",
-                ));
-            }
-            used += usize::from(e != 0);
-        }
         if used != self.count {
-            return Err(Error::corruption(path, self.slots_at as u64, "key table slots do not match its entries"));
+            return Err(Error::corruption(path, self.slots_at as u64, "key table slots do not match its count"));
         }
         Ok(())
     }
@@ -227,19 +240,24 @@ impl KeyTable {
         &self.segs
     }
 
-    fn entry(&self, i: usize) -> (&[u8], Loc) {
-        let b = &self.buf;
-        let at = self.entries_at + i * ENTRY_LEN;
-        let off = self.keys_at + u32_at(b, at) as usize;
-        let key = &b[off..off + u32_at(b, at + 4) as usize];
-        let loc = Loc {
-            seg: self.segs[u32_at(b, at + 8) as usize],
+    /// The location in slot `s` (which must be in use).
+    fn loc(&self, s: usize) -> Loc {
+        let (b, at) = (&self.buf, self.slots_at + s * SLOT_LEN);
+        let word = u64_at(b, at + 16);
+        Loc {
+            seg: self.segs[(word >> OFFSET_BITS) as usize - 1],
             len: u32_at(b, at + 12),
-            offset: u64_at(b, at + 16),
+            offset: word & ((1 << OFFSET_BITS) - 1),
             expires_at: u64_at(b, at + 24),
             seq: 0,
-        };
-        (key, loc)
+        }
+    }
+
+    /// The key in slot `s` (which must be in use).
+    fn key(&self, s: usize) -> &[u8] {
+        let (b, at) = (&self.buf, self.slots_at + s * SLOT_LEN);
+        let off = self.keys_at + u32_at(b, at + 4) as usize;
+        &b[off..off + u32_at(b, at + 8) as usize]
     }
 
     /// The highest sequence number of any entry.
@@ -247,7 +265,7 @@ impl KeyTable {
         self.max_seq
     }
 
-    /// The entries whose slots hold `key`'s 32-bit hash, in probe order.
+    /// The slots that hold `key`'s 32-bit hash, in probe order.
     fn probe<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = usize> + 'a {
         let mask = (1usize << self.bits) - 1;
         let h = hash(key);
@@ -255,14 +273,12 @@ impl KeyTable {
         let mut done = self.count == 0;
         std::iter::from_fn(move || {
             while !done {
-                let v = u64_at(&self.buf, self.slots_at + slot * SLOT_LEN);
+                let (s, at) = (slot, self.slots_at + slot * SLOT_LEN);
                 slot = (slot + 1) & mask;
-                if v == 0 {
+                if u64_at(&self.buf, at + 16) == 0 {
                     done = true;
-                } else if (v >> 32) as u32 == h {
-                    // The hash kept beside the index rules out other keys
-                    // without touching their entries.
-                    return Some((v & 0xffff_ffff) as usize - 1);
+                } else if u32_at(&self.buf, at) == h {
+                    return Some(s);
                 }
             }
             None
@@ -271,14 +287,14 @@ impl KeyTable {
 
     /// Where `key` lies, if the table has it.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Loc> {
-        self.probe(key).map(|i| self.entry(i)).find(|(k, _)| *k == key).map(|(_, loc)| loc)
+        self.probe(key).find(|&s| self.key(s) == key).map(|s| self.loc(s))
     }
 
     /// Where `key` probably lies: the first entry whose 32-bit hash is the
-    /// key's, its key not compared (one cache miss fewer). The caller
+    /// key's, its key not compared (no miss on the key bytes). The caller
     /// checks the key in the record and falls back to [`KeyTable::get`].
     pub(crate) fn get_by_hash(&self, key: &[u8]) -> Option<Loc> {
-        self.probe(key).next().map(|i| self.entry(i).1)
+        self.probe(key).next().map(|s| self.loc(s))
     }
 
     /// Record bytes per segment of every entry.
@@ -290,9 +306,12 @@ impl KeyTable {
         live
     }
 
-    /// Every key and its location, in table order.
+    /// Every key and its location, in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Loc)> + '_ {
-        (0..self.count).map(|i| self.entry(i))
+        let slots = if self.count == 0 { 0 } else { 1usize << self.bits };
+        (0..slots)
+            .filter(|&s| u64_at(&self.buf, self.slots_at + s * SLOT_LEN + 16) != 0)
+            .map(|s| (self.key(s), self.loc(s)))
     }
 }
 

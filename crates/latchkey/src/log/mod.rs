@@ -25,14 +25,17 @@ pub enum FileKind {
     Data = 1,
     /// A `hash` engine merge commit.
     MergeCommit = 3,
-    /// A `hash` engine key table (the hint file of a merge); not a log.
-    KeyTable = 4,
+    /// A `hash` engine key table of the layout before 2026-11-26 (8-byte
+    /// slots and an entry array); recognised only to be set aside.
+    OldKeyTable = 4,
     /// An `lsm` engine SSTable; not a log.
     Table = 5,
     /// An `lsm` engine manifest.
     Manifest = 6,
     /// An `lsm` engine write-ahead log.
     Wal = 7,
+    /// A `hash` engine key table (the hint file of a merge); not a log.
+    KeyTable = 8,
 }
 
 /// The 16-byte file header: magic, version, kind, CRC32C of the first 12 bytes.
