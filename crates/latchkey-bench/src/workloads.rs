@@ -114,7 +114,11 @@ pub struct Measured {
 }
 
 const VALUE_LEN: usize = 100;
-const SYNC_WRITES: u64 = 2000;
+/// Durable single puts from one thread.
+const SYNC_WRITES: u64 = 4_000;
+/// Durable single puts per thread of `sync-writes-8t` (16,000 in all): a
+/// run long enough (about a second) that one slow fsync does not decide it.
+const SYNC_WRITES_PER_THREAD: u64 = 2_000;
 
 /// The `i`-th key of the random workloads: 16 bytes, spread over the key space.
 pub fn key(i: u64) -> [u8; 16] {
@@ -356,7 +360,7 @@ fn measure(
             lat.rows(w, rows);
         }
         "sync-writes-8t" => {
-            let pb = bar(engine, w, SYNC_WRITES);
+            let pb = bar(engine, w, SYNC_WRITES_PER_THREAD * 8);
             let t = Instant::now();
             let failed = std::sync::Mutex::new(None);
             std::thread::scope(|s| {
@@ -364,8 +368,8 @@ fn measure(
                     let (failed, pb) = (&failed, &pb);
                     s.spawn(move || {
                         let v = [th as u8; VALUE_LEN];
-                        for i in 0..SYNC_WRITES / 8 {
-                            if let Err(e) = db.put_durable(&key(n * 3 + th * SYNC_WRITES + i), &v) {
+                        for i in 0..SYNC_WRITES_PER_THREAD {
+                            if let Err(e) = db.put_durable(&key(n * 3 + th * SYNC_WRITES_PER_THREAD + i), &v) {
                                 *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                                 return;
                             }
@@ -378,7 +382,7 @@ fn measure(
             if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
                 return Err(e);
             }
-            rows.push(Row::new(w, per_sec(SYNC_WRITES / 8 * 8, t.elapsed()), "ops/s"));
+            rows.push(Row::new(w, per_sec(SYNC_WRITES_PER_THREAD * 8, t.elapsed()), "ops/s"));
         }
         "mixed-4t" => mixed(engine, db, n, mixed_secs, rows)?,
         "space" => {
