@@ -899,3 +899,56 @@ pub(crate) fn exercise_page_for_fuzzing(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans load their leaves into the pool's ring (the descent's last
+    /// page too), so scans over a whole cold tree leave the pool holding
+    /// about its internal pages; gets cache the leaves they read.
+    #[test]
+    fn scans_leave_the_pool_to_the_internal_pages_and_gets_fill_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options { engine: crate::Engine::Btree, page_size: 1024, ..Options::default() };
+        let store = BtreeStore::open(dir.path(), opts.clone()).unwrap();
+        for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
+            let mut b = WriteBatch::new();
+            for k in chunk {
+                b.put(k.to_be_bytes(), [7u8; 40]);
+            }
+            store.write(&b, false).unwrap();
+        }
+        store.close().unwrap();
+        drop(store);
+        let store = BtreeStore::open(dir.path(), opts).unwrap();
+        let internal = store.inner.height.load(Ordering::Relaxed);
+        assert!(internal >= 3, "a tree of {internal} levels is too small for this test");
+        // Short scans far apart (a leaf read again is used again, and
+        // stays), then long ones that follow sibling links.
+        let mut seen = 0u64;
+        for (step, len) in [(50u32, 1u64), (211, 100)] {
+            for start in (0..20_000u32).step_by(step as usize) {
+                let mut n = 0;
+                let lo = Bound::Included(start.to_be_bytes().to_vec());
+                store
+                    .for_each((lo, Bound::Unbounded), 0, &mut |_, _| {
+                        n += 1;
+                        n < len
+                    })
+                    .unwrap();
+                seen += n;
+            }
+        }
+        assert!(seen > 400 + 90 * 99, "the scans saw {seen} entries");
+        // 20,000 entries of ~50 bytes on 1 KiB pages: ~1,000 leaves, and
+        // a few dozen internal pages above them.
+        let after_scans = store.inner.pager.frames();
+        assert!(after_scans < 250, "{after_scans} frames after the scans");
+        for k in (0..20_000u32).step_by(10) {
+            assert!(store.get(&k.to_be_bytes()).unwrap().is_some());
+        }
+        let after_gets = store.inner.pager.frames();
+        assert!(after_gets > 600, "{after_gets} frames after gets of every 10th key");
+    }
+}

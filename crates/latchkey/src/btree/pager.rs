@@ -178,6 +178,12 @@ impl Pager {
         self.add_frame(&mut shard, id, buf)
     }
 
+    /// Frames in the pool now.
+    #[cfg(test)]
+    pub fn frames(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().frames.len()).sum()
+    }
+
     /// Pages the pool holds before it evicts.
     pub fn capacity(&self) -> usize {
         self.per_shard * SHARDS
@@ -235,10 +241,6 @@ mod tests {
         Pager::new(file, PAGE, 64 << 20)
     }
 
-    fn frames(p: &Pager) -> usize {
-        p.shards.iter().map(|s| s.lock().frames.len()).sum()
-    }
-
     #[test]
     fn a_scan_turns_over_a_ring_and_keeps_what_is_held_or_used_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -254,7 +256,7 @@ mod tests {
         }
         // The scan's pages came and went through the ring: the pool holds
         // about the ring, not the 1,000 pages read.
-        assert!(frames(&pager) <= SHARDS * RING + 2, "{} frames", frames(&pager));
+        assert!(pager.frames() <= SHARDS * RING + 2, "{} frames", pager.frames());
         assert_eq!(page::page_id(&held), 3, "a held frame is never reused");
         let misses = pager.misses.load(Ordering::Relaxed);
         drop(pager.read(3).unwrap());
@@ -264,6 +266,6 @@ mod tests {
         for id in 100..400 {
             drop(pager.read(id).unwrap());
         }
-        assert!(frames(&pager) >= 300, "{} frames", frames(&pager));
+        assert!(pager.frames() >= 300, "{} frames", pager.frames());
     }
 }

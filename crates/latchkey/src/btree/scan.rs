@@ -59,13 +59,23 @@ pub(super) enum Target<'a> {
 }
 
 impl Inner {
-    /// Descends with read latches to the leaf for `target`.
+    /// Descends with read latches to the leaf for `target`, for a scan: a
+    /// leaf not cached loads into the pool's ring (see the pager), as the
+    /// leaves the scan then reaches by sibling links do. (Which level is
+    /// the leaves' is read from the tree's height, a hint: a root split
+    /// racing with this only changes where one page is cached.)
     fn leaf_for(&self, target: Target<'_>) -> Result<ReadGuard> {
-        self.read_down(target).map(|(g, _)| g)
+        self.read_down_to(target, true).map(|(g, _)| g)
     }
 
-    /// Like `leaf_for`, also counting the pages read on the way.
+    /// Like `leaf_for` for a point read (the leaf joins the pool), also
+    /// counting the pages read on the way.
     pub(super) fn read_down(&self, target: Target<'_>) -> Result<(ReadGuard, u64)> {
+        self.read_down_to(target, false)
+    }
+
+    fn read_down_to(&self, target: Target<'_>, leaf_in_ring: bool) -> Result<(ReadGuard, u64)> {
+        let height = self.height.load(Ordering::Relaxed);
         let root = self.root.read();
         let mut g = self.pager.read(*root)?;
         drop(root);
@@ -80,7 +90,11 @@ impl Inner {
                         Target::First => page::child_at(&g, 0),
                         Target::Last => page::child_at(&g, page::nslots(&g)),
                     };
-                    g = self.pager.read(child)?;
+                    g = if leaf_in_ring && touched >= height {
+                        self.pager.read_for_scan(child)?
+                    } else {
+                        self.pager.read(child)?
+                    };
                 }
                 _ => return Err(self.not_a_node(page::page_id(&g))),
             }
