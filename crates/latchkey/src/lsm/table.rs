@@ -147,6 +147,13 @@ pub(crate) struct RawBlock {
     body: Vec<u8>,
     entries_end: usize,
     restarts: Vec<u32>,
+    /// The bytes every restart key starts with ...
+    lead: SmallVec<[u8; 16]>,
+    /// ... and each restart key's next 8 bytes (see [`prefix_past`]): a
+    /// point read searches these, held together, and reads a restart key
+    /// in the block only where its prefix equals the sought key's (one
+    /// cache miss in the block instead of one per step of the search).
+    prefixes: Vec<u64>,
 }
 
 impl RawBlock {
@@ -190,7 +197,15 @@ impl RawBlock {
         if next_restart != n {
             return Err(bad("restart points do not match the entries"));
         }
-        Ok(RawBlock { body: b, entries_end, restarts })
+        let mut block = RawBlock { body: b, entries_end, restarts, lead: SmallVec::new(), prefixes: Vec::new() };
+        if let (Some(&first), Some(&last)) = (block.restarts.first(), block.restarts.last()) {
+            let (a, z) = (block.restart_key(first as usize), block.restart_key(last as usize));
+            // Sorted keys: what the first and last share, all share.
+            let skip = a.iter().zip(z).take_while(|(x, y)| x == y).count();
+            block.lead = SmallVec::from_slice(&a[..skip]);
+            block.prefixes = block.restarts.iter().map(|&r| prefix_past(block.restart_key(r as usize), skip)).collect();
+        }
+        Ok(block)
     }
 
     fn len(&self) -> usize {
@@ -214,7 +229,17 @@ impl RawBlock {
     /// The byte offset of the last restart point whose key is <= `key`
     /// (the first entry if there is none): where a search for `key` starts.
     fn restart_at_or_before(&self, key: &[u8]) -> usize {
-        let i = self.restarts.partition_point(|&r| self.restart_key(r as usize) <= key);
+        let i = match key.strip_prefix(self.lead.as_slice()) {
+            // Prefixes order restart keys as the keys do (a strictly smaller
+            // prefix is a smaller key); equal ones are told apart in full.
+            Some(_) if !self.prefixes.is_empty() => {
+                let p = prefix_past(key, self.lead.len());
+                let lo = self.prefixes.partition_point(|&x| x < p);
+                let eq = self.prefixes[lo..].partition_point(|&x| x == p);
+                lo + self.restarts[lo..lo + eq].partition_point(|&r| self.restart_key(r as usize) <= key)
+            }
+            _ => self.restarts.partition_point(|&r| self.restart_key(r as usize) <= key),
+        };
         self.restarts.get(i.saturating_sub(1)).map_or(0, |&r| r as usize)
     }
 
@@ -750,6 +775,55 @@ mod tests {
     /// whole last keys, for keys inside, outside and between the table's
     /// keys, of every length (keys share a long prefix; some are prefixes
     /// of others).
+    #[test]
+    fn restart_search_by_prefix_matches_the_plain_search() {
+        // Key shapes that strain 8-byte prefixes: a long shared lead, keys
+        // that are prefixes of others, zero bytes, lengths around 8.
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for lead in [&b""[..], b"k", b"common/prefix/"] {
+            let mut keys: Vec<Vec<u8>> = (0..400)
+                .map(|_| {
+                    let mut k = lead.to_vec();
+                    let n = (next() % 12) as usize;
+                    k.extend((0..n).map(|_| [0u8, 1, b'a', b'b', 0xff][(next() % 5) as usize]));
+                    k
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let mut bb = BlockBuilder::default();
+            for k in &keys {
+                bb.add(k, &[&[1u8], &[0u8; 8], &[0u8; 8]]);
+            }
+            let mut bytes = Vec::new();
+            bb.finish_into(&mut bytes);
+            let block = RawBlock::parse(Path::new("t"), 0, bytes).unwrap();
+            assert!(block.restarts.len() > 20);
+            let plain = |key: &[u8]| {
+                let i = block.restarts.partition_point(|&r| block.restart_key(r as usize) <= key);
+                block.restarts.get(i.saturating_sub(1)).map_or(0, |&r| r as usize)
+            };
+            let mut probes = keys.clone();
+            for k in &keys {
+                let (mut shorter, mut longer, mut zero) = (k.clone(), k.clone(), k.clone());
+                shorter.pop();
+                longer.push(0);
+                zero.push(0xff);
+                probes.extend([shorter, longer, zero]);
+            }
+            probes.extend([b"".to_vec(), b"c".to_vec(), b"common".to_vec(), b"zzz".to_vec(), vec![0xff; 20]]);
+            for p in &probes {
+                assert_eq!(block.restart_at_or_before(p), plain(p), "lead {lead:?}, key {p:?}");
+            }
+        }
+    }
+
     #[test]
     fn block_search_by_prefix_matches_the_plain_search() {
         let dir = tempfile::tempdir().unwrap();
