@@ -123,12 +123,11 @@ fn merge_starts_by_itself_past_the_dead_ratio() {
     }
 }
 
-/// A damaged key table is not trusted: startup reads the data segments.
-#[test]
-fn damaged_key_table_falls_back_to_reading_the_segments() {
-    let dir = tempfile::tempdir().unwrap();
+/// A merged store of 300 keys (key 7 deleted before the merge, key 1
+/// rewritten after it), closed; returns its options and its key table.
+fn merged_store_with_a_table(dir: &std::path::Path) -> (Options, std::path::PathBuf) {
     let opts = common::small_options(Engine::Hash, false);
-    let db = Db::open(dir.path(), opts.clone()).unwrap();
+    let db = Db::open(dir, opts.clone()).unwrap();
     for k in 0..300u32 {
         db.put(k.to_be_bytes(), k.to_le_bytes()).unwrap();
     }
@@ -136,16 +135,17 @@ fn damaged_key_table_falls_back_to_reading_the_segments() {
     db.compact().unwrap();
     db.put(1u32.to_be_bytes(), b"newer").unwrap();
     drop(db);
-    let table = std::fs::read_dir(dir.path())
+    let table = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "keys"))
         .expect("merge wrote a key table");
-    let mut bytes = std::fs::read(&table).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x40;
-    std::fs::write(&table, bytes).unwrap();
-    let db = Db::open(dir.path(), opts).unwrap();
+    (opts, table)
+}
+
+/// Every key of [`merged_store_with_a_table`] reads as written.
+fn assert_merged_store_reads_right(dir: &std::path::Path, opts: Options) {
+    let db = Db::open(dir, opts).unwrap();
     for k in 0..300u32 {
         let want = match k {
             1 => Some(b"newer".to_vec()),
@@ -156,25 +156,24 @@ fn damaged_key_table_falls_back_to_reading_the_segments() {
     }
 }
 
+/// A damaged key table is not trusted: startup reads the data segments.
+#[test]
+fn damaged_key_table_falls_back_to_reading_the_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, table) = merged_store_with_a_table(dir.path());
+    let mut bytes = std::fs::read(&table).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&table, bytes).unwrap();
+    assert_merged_store_reads_right(dir.path(), opts);
+}
+
 /// A key table of the layout before 2026-11-26 (file kind 4) is not
 /// damage: `check` notes it, and an open reads the data segments instead.
 #[test]
 fn a_key_table_of_the_older_layout_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = common::small_options(Engine::Hash, false);
-    let db = Db::open(dir.path(), opts.clone()).unwrap();
-    for k in 0..300u32 {
-        db.put(k.to_be_bytes(), k.to_le_bytes()).unwrap();
-    }
-    db.delete(7u32.to_be_bytes()).unwrap();
-    db.compact().unwrap();
-    db.put(1u32.to_be_bytes(), b"newer").unwrap();
-    drop(db);
-    let table = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "keys"))
-        .expect("merge wrote a key table");
+    let (opts, table) = merged_store_with_a_table(dir.path());
     // The file header of the older layout: magic, version 1, kind 4, CRC.
     let mut bytes = std::fs::read(&table).unwrap();
     bytes[10..12].copy_from_slice(&4u16.to_le_bytes());
@@ -184,15 +183,7 @@ fn a_key_table_of_the_older_layout_is_set_aside() {
     let report = latchkey::check(dir.path(), &mut |_, _| {}).unwrap();
     assert!(report.is_clean(), "{:?}", report.damage);
     assert!(report.notes.iter().any(|n| n.contains("older layout")), "{:?}", report.notes);
-    let db = Db::open(dir.path(), opts).unwrap();
-    for k in 0..300u32 {
-        let want = match k {
-            1 => Some(b"newer".to_vec()),
-            7 => None,
-            _ => Some(k.to_le_bytes().to_vec()),
-        };
-        assert_eq!(db.get(k.to_be_bytes()).unwrap(), want, "key {k}");
-    }
+    assert_merged_store_reads_right(dir.path(), opts);
 }
 
 /// Expired keys read as absent at once, survive a reopen as expired, and
