@@ -78,80 +78,56 @@ impl Pager {
 
     /// The frame of page `id`, read from disk (and verified) if not cached.
     pub fn latch(&self, id: u32) -> Result<Latch> {
-        if let Some(slot) = self.shard(id).lock().frames.get(&id) {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            if !slot.referenced.load(Ordering::Relaxed) {
-                slot.referenced.store(true, Ordering::Relaxed);
-            }
-            return Ok(Arc::clone(&slot.latch));
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let buf = self.read_from_disk(id)?;
-        Ok(self.insert(id, buf))
+        self.latch_or_load(id, false)
     }
 
     /// Like [`Pager::latch`], for a scan moving along the leaves: a page
     /// not cached is loaded into the shard's ring (see the module doc).
     pub fn latch_for_scan(&self, id: u32) -> Result<Latch> {
+        self.latch_or_load(id, true)
+    }
+
+    fn latch_or_load(&self, id: u32, ring: bool) -> Result<Latch> {
         let spare = {
             let mut shard = self.shard(id).lock();
             if let Some(slot) = shard.frames.get(&id) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                slot.referenced.store(true, Ordering::Relaxed);
+                if !slot.referenced.load(Ordering::Relaxed) {
+                    slot.referenced.store(true, Ordering::Relaxed);
+                }
                 return Ok(Arc::clone(&slot.latch));
             }
-            if shard.ring.len() >= RING {
+            if ring && shard.ring.len() >= RING {
                 recycle(&mut shard)
             } else {
                 None
             }
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let buf = self.read_into(id, spare)?;
+        let mut buf = spare.unwrap_or_else(|| vec![0u8; self.page_size].into_boxed_slice());
+        self.file.read_exact_at(&mut buf, id as u64 * self.page_size as u64)?;
+        page::verify(&buf, id).map_err(|r| page::damaged(self.path(), id, self.page_size, r))?;
+        // Unless another thread got there first.
         let mut shard = self.shard(id).lock();
         if let Some(slot) = shard.frames.get(&id) {
             return Ok(Arc::clone(&slot.latch));
         }
-        if shard.frames.len() >= self.per_shard {
-            evict(&mut shard);
-        }
-        let latch = Arc::new(RwLock::new(buf));
-        shard.frames.insert(id, Slot { latch: Arc::clone(&latch), referenced: AtomicBool::new(false) });
-        shard.ring.push_back(id);
-        Ok(latch)
+        Ok(self.add_frame(&mut shard, id, buf, ring))
     }
 
-    /// Reads and verifies page `id` from the file.
-    pub fn read_from_disk(&self, id: u32) -> Result<Box<[u8]>> {
-        self.read_into(id, None)
-    }
-
-    /// Reads and verifies page `id` into `buf` (a new frame if `None`).
-    fn read_into(&self, id: u32, buf: Option<Box<[u8]>>) -> Result<Box<[u8]>> {
-        let mut buf = buf.unwrap_or_else(|| vec![0u8; self.page_size].into_boxed_slice());
-        self.file.read_exact_at(&mut buf, id as u64 * self.page_size as u64)?;
-        page::verify(&buf, id).map_err(|r| page::damaged(self.path(), id, self.page_size, r))?;
-        Ok(buf)
-    }
-
-    /// Puts a page into the pool unless another thread got there first;
-    /// returns the frame that is there.
-    pub fn insert(&self, id: u32, buf: Box<[u8]>) -> Latch {
-        let mut shard = self.shard(id).lock();
-        if let Some(slot) = shard.frames.get(&id) {
-            return Arc::clone(&slot.latch);
-        }
-        self.add_frame(&mut shard, id, buf)
-    }
-
-    /// Adds a frame to a shard, evicting one first if the shard is full.
-    fn add_frame(&self, shard: &mut Shard, id: u32, buf: Box<[u8]>) -> Latch {
+    /// Adds a frame to a shard (to its clock, or to its scans' ring),
+    /// evicting one first if the shard is full.
+    fn add_frame(&self, shard: &mut Shard, id: u32, buf: Box<[u8]>, ring: bool) -> Latch {
         if shard.frames.len() >= self.per_shard {
             evict(shard);
         }
         let latch = Arc::new(RwLock::new(buf));
         shard.frames.insert(id, Slot { latch: Arc::clone(&latch), referenced: AtomicBool::new(false) });
-        shard.clock.push_back(id);
+        if ring {
+            shard.ring.push_back(id);
+        } else {
+            shard.clock.push_back(id);
+        }
         latch
     }
 
@@ -175,7 +151,7 @@ impl Pager {
         let mut shard = self.shard(id).lock();
         shard.frames.remove(&id);
         shard.ring.retain(|&r| r != id);
-        self.add_frame(&mut shard, id, buf)
+        self.add_frame(&mut shard, id, buf, false)
     }
 
     /// Frames in the pool now.

@@ -234,9 +234,7 @@ impl RawBlock {
             // prefix is a smaller key); equal ones are told apart in full.
             Some(_) if !self.prefixes.is_empty() => {
                 let p = prefix_past(key, self.lead.len());
-                let lo = self.prefixes.partition_point(|&x| x < p);
-                let eq = self.prefixes[lo..].partition_point(|&x| x == p);
-                lo + self.restarts[lo..lo + eq].partition_point(|&r| self.restart_key(r as usize) <= key)
+                partition_by_prefix(&self.prefixes, &self.restarts, p, |&r| self.restart_key(r as usize) <= key)
             }
             _ => self.restarts.partition_point(|&r| self.restart_key(r as usize) <= key),
         };
@@ -685,9 +683,7 @@ impl Table {
         }
         // Between the smallest and largest keys, `key` shares their prefix.
         let p = prefix_past(key, self.skip);
-        let lo = self.index_prefix.partition_point(|&x| x < p);
-        let hi = lo + self.index_prefix[lo..].partition_point(|&x| x == p);
-        lo + self.index[lo..hi].partition_point(|(last, _, _)| last.as_slice() < key)
+        partition_by_prefix(&self.index_prefix, &self.index, p, |(last, _, _)| last.as_slice() < key)
     }
 
     /// Reads (or takes from the cache) data block `i`, as stored.
@@ -739,6 +735,17 @@ pub(crate) fn prefix_past(key: &[u8], skip: usize) -> u64 {
     let n = rest.len().min(8);
     p[..n].copy_from_slice(&rest[..n]);
     u64::from_be_bytes(p)
+}
+
+/// The partition point of sorted `items` for a key whose prefix (see
+/// [`prefix_past`]) is `p`, where `prefixes[i]` is item i's: items with a
+/// smaller prefix come before it and a larger one after (a strictly
+/// smaller prefix is a smaller key); `before` decides the ties, reading
+/// whole keys only there.
+fn partition_by_prefix<T>(prefixes: &[u64], items: &[T], p: u64, before: impl FnMut(&T) -> bool) -> usize {
+    let lo = prefixes.partition_point(|&x| x < p);
+    let tie = prefixes[lo..].partition_point(|&x| x == p);
+    lo + items[lo..lo + tie].partition_point(before)
 }
 
 #[cfg(test)]
