@@ -33,6 +33,8 @@ pub(crate) struct ServerStats {
     pub(crate) rejected: AtomicU64,
     pub(crate) connected: AtomicU64,
     pub(crate) commands: AtomicU64,
+    /// Appends of staged writes (each one batch holding a pass's writes).
+    pub(crate) appends: AtomicU64,
 }
 
 /// What every connection shares.
@@ -40,9 +42,13 @@ pub(crate) struct Shared {
     pub(crate) db: Db,
     pub(crate) locks: LockService,
     pub(crate) config: Config,
-    /// Held while a write command reads, computes and appends, so that
-    /// read-modify-write commands are atomic. Never held across an fsync.
-    pub(crate) write_lock: std::sync::Mutex<()>,
+    /// The write lock, and the writes staged under it since the last
+    /// append. Held while a connection's write commands read, compute and
+    /// stage, so that read-modify-write commands are atomic. Never held
+    /// across an fsync.
+    pub(crate) pass: std::sync::Mutex<cmd::Pass>,
+    /// Tells the appender task a pass has writes to append.
+    pub(crate) pass_due: tokio::sync::Notify,
     pub(crate) stats: ServerStats,
     pub(crate) started: Instant,
 }
@@ -95,7 +101,8 @@ impl Server {
             db,
             locks,
             config,
-            write_lock: std::sync::Mutex::new(()),
+            pass: std::sync::Mutex::new(cmd::Pass::default()),
+            pass_due: tokio::sync::Notify::new(),
             stats: ServerStats::default(),
             started: Instant::now(),
         });
@@ -116,6 +123,7 @@ impl Server {
         let slots = Arc::new(Semaphore::new(shared.config.max_clients));
         let mut tasks = tokio::task::JoinSet::new();
         let mut next_id = 0u64;
+        let appender = tokio::spawn(append_passes(Arc::clone(&shared)));
         tokio::pin!(shutdown);
         loop {
             let (socket, peer) = tokio::select! {
@@ -162,6 +170,13 @@ impl Server {
             tracing::warn!("some connections did not finish within 5 s");
             tasks.abort_all();
         }
+        appender.abort();
+        let _ = appender.await;
+        // Writes of connections cut off above: no reply said they were made,
+        // but they were staged in order, so they go in rather than vanish.
+        if let Err(e) = shared.pass.lock().unwrap_or_else(|p| p.into_inner()).append(&shared) {
+            tracing::error!(error = %e, "the last staged writes could not be appended");
+        }
         let db = shared.db.clone();
         tokio::task::spawn_blocking(move || db.sync())
             .await
@@ -170,6 +185,21 @@ impl Server {
         shared.db.clone().close().map_err(ServeError::Db)?;
         tracing::info!("data synced; directory released");
         Ok(())
+    }
+}
+
+/// Appends each pass's staged writes: woken when a pass gets its first
+/// write, it yields once, which tokio defers until the runnable tasks have
+/// run and the socket events that arrived meanwhile are polled, so every
+/// connection with commands waiting runs its turn (and stages) first.
+async fn append_passes(shared: Arc<Shared>) {
+    loop {
+        shared.pass_due.notified().await;
+        tokio::task::yield_now().await;
+        let mut pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = pass.append(&shared) {
+            tracing::error!(error = %e, "appending staged writes failed");
+        }
     }
 }
 
@@ -201,14 +231,16 @@ enum Next {
 
 /// Runs the whole commands in `input`, in order, encoding their replies
 /// into `out`, until one needs the runtime (or the input runs out). Their
-/// writes are staged and written as one batch before it returns (see
-/// [`cmd::Tx`]); `wrote` is set if any command wrote.
+/// writes are staged in the shared pass (see [`cmd::Tx`]); `pending` is set
+/// to it, and the replies must wait until it is appended. `wrote` is set if
+/// any command wrote.
 fn run_buffered(
     shared: &Shared,
     client: &mut Client,
     input: &mut BytesMut,
     out: &mut Vec<u8>,
     wrote: &mut bool,
+    pending: &mut Option<Arc<cmd::PassDone>>,
 ) -> Next {
     let limits = shared.config.limits;
     let mut tx = cmd::Tx::new(shared);
@@ -243,10 +275,14 @@ fn run_buffered(
             break Next::Full;
         }
     };
-    match tx.commit_or_fail() {
-        Err(cmd::Outcome::Failed(r)) => Next::Failed(r),
-        _ => next,
+    let Some(done) = tx.finish() else { return next };
+    // An earlier pass of this connection's is appended already (passes go
+    // in order, and only a command that had them appended lets a turn go
+    // on before its replies are sent); only its failure matters.
+    if let Some(Some(Err(e))) = pending.replace(done).as_deref().map(cmd::PassDone::result) {
+        return Next::Failed(Reply::err(format!("writes of this pipeline failed: {e}")));
     }
+    next
 }
 
 /// Serves one client: reads whatever it sent, runs every whole command in
@@ -264,15 +300,16 @@ async fn connection(
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut wrote = false;
+    let mut pending = None;
     loop {
-        let outcome = match run_buffered(shared, &mut client, &mut input, &mut out, &mut wrote) {
+        let outcome = match run_buffered(shared, &mut client, &mut input, &mut out, &mut wrote, &mut pending) {
             Next::Drained => None,
             Next::Full => {
-                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                flush(shared, &mut socket, &mut out, &mut wrote, &mut pending, client.resp3).await?;
                 continue;
             }
             Next::Close => {
-                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                flush(shared, &mut socket, &mut out, &mut wrote, &mut pending, client.resp3).await?;
                 close_politely(socket).await;
                 return Ok(());
             }
@@ -300,7 +337,7 @@ async fn connection(
             }
             Some(cmd::Outcome::Quit(r)) => {
                 r.encode(&mut out, client.resp3);
-                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                flush(shared, &mut socket, &mut out, &mut wrote, &mut pending, client.resp3).await?;
                 close_politely(socket).await;
                 return Ok(());
             }
@@ -316,7 +353,7 @@ async fn connection(
             }
             Some(cmd::Outcome::Block(mut waiting)) => {
                 // Replies so far go out first, as a blocking command's would.
-                flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+                flush(shared, &mut socket, &mut out, &mut wrote, &mut pending, client.resp3).await?;
                 let r = loop {
                     tokio::select! {
                         r = &mut waiting.rx => break r,
@@ -345,7 +382,7 @@ async fn connection(
             }
         }
         // Drained: every whole command ran; send the replies, then read.
-        flush(shared, &mut socket, &mut out, &mut wrote, client.resp3).await?;
+        flush(shared, &mut socket, &mut out, &mut wrote, &mut pending, client.resp3).await?;
         tokio::select! {
             n = socket.read_buf(&mut input) => {
                 if n? == 0 {
@@ -385,8 +422,17 @@ async fn flush(
     socket: &mut TcpStream,
     out: &mut Vec<u8>,
     wrote: &mut bool,
+    pending: &mut Option<Arc<cmd::PassDone>>,
     resp3: bool,
 ) -> std::io::Result<()> {
+    if let Some(done) = pending.take() {
+        if let Err(e) = done.wait().await {
+            out.clear();
+            Reply::err(format!("writes of this pipeline failed: {e}")).encode(out, resp3);
+            socket.write_all(out).await?;
+            return Err(std::io::Error::other("writes failed"));
+        }
+    }
     if std::mem::take(wrote) {
         if let Err(e) = sync_writes(shared).await {
             // The replies say OK for writes that may not be durable: send

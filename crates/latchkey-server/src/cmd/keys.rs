@@ -159,7 +159,10 @@ fn flush(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome>
         None | Some("SYNC") | Some("ASYNC") => args.done()?,
         Some(_) => return Err(syntax()),
     }
-    let _writer = shared.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+    // Writes staged before this command are ordered before it: append
+    // them, and keep the write lock so that none comes in between.
+    let mut pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
+    pass.append(shared).map_err(|e| Reply::err(format!("writes staged before FLUSHALL failed: {e}")))?;
     for chunk in all_keys(shared)?.chunks(10_000) {
         let mut batch = WriteBatch::new();
         for k in chunk {

@@ -7,7 +7,8 @@ mod server;
 mod strings;
 
 use std::collections::HashMap;
-use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard, OnceLock};
 
 use latchkey::{now_ms, WriteBatch};
 
@@ -118,54 +119,56 @@ type WriteFn = fn(&Tx, &mut Args) -> CmdResult<(Reply, WriteBatch)>;
 /// Staged changes: key -> its new value and expiry, or `None` if deleted.
 type Staged = HashMap<Vec<u8>, Option<(Vec<u8>, u64)>, foldhash::fast::RandomState>;
 
-/// Bytes of changes staged before they are written mid-turn.
+/// Bytes of changes staged before they are appended mid-turn.
 const STAGE_LIMIT: usize = 1 << 20;
 
-/// The write commands of one connection turn (the commands that arrived
-/// together: a pipeline). Their changes are staged here, under the
-/// server's write lock, and go to the store together, as one batch (one
-/// append), when the turn ends or a command comes that is not a plain
-/// write; the replies go out only after that (and, under `--sync always`,
-/// after the fsync). Each write command reads the state with the changes
-/// staged before it, so read-modify-write (INCR, APPEND, SET NX) stays
-/// atomic and in order. Redis likewise appends a turn's writes to its AOF
-/// buffer and writes it once per event-loop turn.
-pub(crate) struct Tx<'a> {
-    pub(crate) shared: &'a Shared,
-    lock: Option<MutexGuard<'a, ()>>,
+/// The writes staged by every connection since the last append: one pass
+/// of the command threads over the connections that had commands waiting.
+/// They go to the store together, as one batch (one append to the log),
+/// when the appender task gets its turn after those connections ran theirs
+/// (see [`crate::append_passes`]), or earlier when a command needs them
+/// written. Redis likewise writes its AOF buffer once per event-loop pass,
+/// before it sends the replies of that pass.
+#[derive(Default)]
+pub(crate) struct Pass {
     staged: Staged,
     bytes: usize,
+    /// What the connections with writes in this pass wait on.
+    done: Arc<PassDone>,
 }
 
-impl<'a> Tx<'a> {
-    pub(crate) fn new(shared: &'a Shared) -> Tx<'a> {
-        Tx { shared, lock: None, staged: HashMap::default(), bytes: 0 }
-    }
+/// How one pass's append went. A connection sends the replies of its
+/// writes only once the pass holding them is appended.
+#[derive(Default)]
+pub(crate) struct PassDone {
+    result: OnceLock<Result<(), String>>,
+    appended: tokio::sync::Notify,
+}
 
-    /// The live value and expiry of `key`, staged changes included.
-    pub(crate) fn current(&self, key: &[u8]) -> CmdResult<Option<(Vec<u8>, u64)>> {
-        match self.staged.get(key) {
-            Some(Some((v, at))) if *at == 0 || *at > now_ms() => Ok(Some((v.clone(), *at))),
-            Some(_) => Ok(None),
-            None => strings::current(self.shared, key),
+impl PassDone {
+    /// Waits until the pass is appended; the error if its append failed.
+    pub(crate) async fn wait(&self) -> Result<(), String> {
+        loop {
+            let appended = self.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            if let Some(r) = self.result.get() {
+                return r.clone();
+            }
+            appended.await;
         }
     }
 
-    fn lock(&mut self) {
-        if self.lock.is_none() {
-            self.lock = Some(self.shared.write_lock.lock().unwrap_or_else(|p| p.into_inner()));
-        }
+    /// The append's result, if the pass was appended.
+    pub(crate) fn result(&self) -> Option<&Result<(), String>> {
+        self.result.get()
     }
+}
 
-    fn stage(&mut self, mut batch: WriteBatch) {
-        for (key, state) in batch.drain_changes() {
-            self.bytes += key.len() + state.as_ref().map_or(0, |(v, _)| v.len());
-            self.staged.insert(key, state);
-        }
-    }
-
-    /// Writes the staged changes as one batch, keeping the write lock.
-    fn write_staged(&mut self) -> Result<(), Outcome> {
+impl Pass {
+    /// Appends the staged writes as one batch and wakes the connections
+    /// waiting on them. The caller holds the write lock.
+    pub(crate) fn append(&mut self, shared: &Shared) -> Result<(), String> {
         if self.staged.is_empty() {
             return Ok(());
         }
@@ -177,27 +180,100 @@ impl<'a> Tx<'a> {
             };
         }
         self.bytes = 0;
-        self.shared
-            .db
-            .write_unsynced(batch)
-            .map_err(|e| Outcome::Failed(Reply::err(format!("writes of this pipeline failed: {e}"))))
-    }
-
-    /// Writes the staged changes as one batch and lets go of the write
-    /// lock. On failure the outcome says so: the replies made for the
-    /// staged writes are void.
-    pub(crate) fn commit_or_fail(&mut self) -> Result<(), Outcome> {
-        let result = self.write_staged();
-        self.lock = None;
+        let result = shared.db.write_unsynced(batch).map_err(|e| e.to_string());
+        shared.stats.appends.fetch_add(1, Ordering::Relaxed);
+        let done = std::mem::take(&mut self.done);
+        let _ = done.result.set(result.clone());
+        done.appended.notify_waiters();
         result
     }
 }
 
-impl Drop for Tx<'_> {
-    fn drop(&mut self) {
-        debug_assert!(self.staged.is_empty(), "a connection turn ended with writes staged and not committed");
+/// The write commands of one connection turn (the commands that arrived
+/// together: a pipeline). It holds the server's write lock from its first
+/// write to the end of the turn and stages the changes in the shared
+/// [`Pass`]; the replies go out only once that pass is appended (and,
+/// under `--sync always`, after the fsync). Each write command reads the
+/// state with every staged change before it, its own connection's and the
+/// others', so read-modify-write (INCR, APPEND, SET NX) stays atomic and
+/// in order. A command that is not a plain write first has this turn's
+/// changes appended, so it sees them.
+pub(crate) struct Tx<'a> {
+    pub(crate) shared: &'a Shared,
+    pass: Option<MutexGuard<'a, Pass>>,
+    /// The pass holding this turn's writes, until it is known appended.
+    waits: Option<Arc<PassDone>>,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(shared: &'a Shared) -> Tx<'a> {
+        Tx { shared, pass: None, waits: None }
+    }
+
+    /// The live value and expiry of `key`, staged changes included.
+    pub(crate) fn current(&self, key: &[u8]) -> CmdResult<Option<(Vec<u8>, u64)>> {
+        match self.pass.as_ref().and_then(|p| p.staged.get(key)) {
+            Some(Some((v, at))) if *at == 0 || *at > now_ms() => Ok(Some((v.clone(), *at))),
+            Some(_) => Ok(None),
+            None => strings::current(self.shared, key),
+        }
+    }
+
+    fn lock(&mut self) -> &mut Pass {
+        self.pass.get_or_insert_with(|| self.shared.pass.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn stage(&mut self, mut batch: WriteBatch) {
+        let shared = self.shared;
+        let pass = self.pass.get_or_insert_with(|| shared.pass.lock().unwrap_or_else(|p| p.into_inner()));
+        if pass.staged.is_empty() {
+            shared.pass_due.notify_one();
+        }
+        for (key, state) in batch.drain_changes() {
+            pass.bytes += key.len() + state.as_ref().map_or(0, |(v, _)| v.len());
+            pass.staged.insert(key, state);
+        }
+        let done = &pass.done;
+        if !self.waits.as_ref().is_some_and(|w| Arc::ptr_eq(w, done)) {
+            self.waits = Some(Arc::clone(done));
+        }
+    }
+
+    /// Appends the staged changes (every connection's) now, keeping the
+    /// write lock.
+    fn write_staged(&mut self) -> Result<(), Outcome> {
+        let shared = self.shared;
+        let result = self.lock().append(shared);
+        result.map_err(|e| Outcome::Failed(Reply::err(format!("writes of this pipeline failed: {e}"))))
+    }
+
+    /// Has this turn's writes appended, if they are not yet, and lets go of
+    /// the write lock. On failure the outcome says so: the replies made for
+    /// the staged writes are void.
+    pub(crate) fn commit_or_fail(&mut self) -> Result<(), Outcome> {
+        let result = match self.waits.take() {
+            None => Ok(()),
+            Some(done) => match done.result() {
+                Some(r) => {
+                    r.clone().map_err(|e| Outcome::Failed(Reply::err(format!("writes of this pipeline failed: {e}"))))
+                }
+                // Passes are appended in order: an unappended one is the current one.
+                None => self.write_staged(),
+            },
+        };
+        self.pass = None;
+        result
+    }
+
+    /// Ends the turn: lets go of the write lock and returns the pass that
+    /// holds this turn's writes, which the connection waits on before it
+    /// sends the replies.
+    pub(crate) fn finish(mut self) -> Option<Arc<PassDone>> {
+        self.pass = None;
+        self.waits.take()
     }
 }
+
 /// Any other command.
 type OtherFn = fn(&Shared, &mut Client, &mut Args) -> CmdResult<Outcome>;
 
@@ -236,7 +312,7 @@ fn lookup(name: &str) -> Option<&'static Command> {
 /// Runs one command for `client`, staging its writes in `tx` (the caller
 /// commits `tx` before it sends the replies).
 pub(crate) fn execute(tx: &mut Tx, client: &mut Client, argv: Vec<Vec<u8>>) -> Outcome {
-    tx.shared.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tx.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
     match run(tx, client, argv, None) {
         Ok(o) => o,
         Err(r) => Outcome::Reply(r),
@@ -277,7 +353,8 @@ fn run(tx: &mut Tx, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<Fence
             batch.validate().map_err(db_error)?;
             // A large turn is written in parts; the lock stays held, so
             // the state this command read is still the state.
-            if tx.bytes > 0 && tx.bytes + batch.size_bytes() > STAGE_LIMIT {
+            let staged_bytes = tx.lock().bytes;
+            if staged_bytes > 0 && staged_bytes + batch.size_bytes() > STAGE_LIMIT {
                 if let Err(o) = tx.write_staged() {
                     return Ok(o);
                 }

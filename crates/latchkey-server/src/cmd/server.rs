@@ -247,6 +247,7 @@ fn info(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> 
                 ("total_commands_processed".into(), st.commands.load(Ordering::Relaxed).to_string()),
                 ("rejected_connections".into(), st.rejected.load(Ordering::Relaxed).to_string()),
                 ("total_writes".into(), stats.writes.to_string()),
+                ("write_appends".into(), st.appends.load(Ordering::Relaxed).to_string()),
             ],
         ),
         ("keyspace", vec![("db0".into(), format!("keys={},expires=0,avg_ttl=0", stats.keys))]),
