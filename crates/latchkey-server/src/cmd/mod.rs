@@ -55,7 +55,7 @@ impl Waiting {
 
 /// A cursor over a command's arguments (after the name).
 pub(crate) struct Args {
-    name: String,
+    name: &'static str,
     args: std::vec::IntoIter<Vec<u8>>,
 }
 
@@ -305,8 +305,18 @@ pub(crate) fn table() -> impl Iterator<Item = &'static Command> {
     strings::COMMANDS.iter().chain(keys::COMMANDS).chain(server::COMMANDS).chain(locks::COMMANDS)
 }
 
-fn lookup(name: &str) -> Option<&'static Command> {
-    table().find(|c| c.name.eq_ignore_ascii_case(name))
+/// The command named `name`, in any case: looked up in a map built once,
+/// by the name lowercased on the stack (no command name is longer than
+/// 16 bytes).
+fn lookup(name: &[u8]) -> Option<&'static Command> {
+    static BY_NAME: OnceLock<HashMap<&'static [u8], &'static Command, foldhash::fast::FixedState>> = OnceLock::new();
+    let by_name = BY_NAME.get_or_init(|| table().map(|c| (c.name.as_bytes(), c)).collect());
+    let mut lower = [0u8; 16];
+    let lower = lower.get_mut(..name.len())?;
+    for (l, c) in lower.iter_mut().zip(name) {
+        *l = c.to_ascii_lowercase();
+    }
+    by_name.get(&*lower).copied()
 }
 
 /// Runs one command for `client`, staging its writes in `tx` (the caller
@@ -329,13 +339,13 @@ fn run(tx: &mut Tx, client: &mut Client, argv: Vec<Vec<u8>>, fence: Option<Fence
     let shared = tx.shared;
     let mut it = argv.into_iter();
     let Some(raw_name) = it.next() else { return Ok(Outcome::Reply(Reply::Simple("OK"))) };
-    let name = String::from_utf8_lossy(&raw_name).to_ascii_lowercase();
-    let mut args = Args { name: name.clone(), args: it };
-    let Some(cmd) = lookup(&name) else {
-        let shown: Vec<String> =
-            args.rest().iter().take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(a))).collect();
+    let Some(cmd) = lookup(&raw_name) else {
+        let name = String::from_utf8_lossy(&raw_name).to_ascii_lowercase();
+        let shown: Vec<String> = it.take(8).map(|a| format!("'{}' ", String::from_utf8_lossy(&a))).collect();
         return Err(Reply::err(format!("unknown command '{name}', with args beginning with: {}", shown.concat())));
     };
+    let name = cmd.name;
+    let mut args = Args { name, args: it };
     if !client.authenticated && !matches!(cmd.name, "auth" | "hello" | "quit") {
         return Err(Reply::Error("NOAUTH Authentication required.".into()));
     }
@@ -514,7 +524,26 @@ fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{glob, lookup, table};
+
+    #[test]
+    fn every_command_is_found_in_any_case() {
+        for c in table() {
+            let upper = c.name.to_ascii_uppercase();
+            let mixed: String = c
+                .name
+                .chars()
+                .enumerate()
+                .map(|(i, ch)| if i % 2 == 0 { ch.to_ascii_uppercase() } else { ch })
+                .collect();
+            for name in [c.name, upper.as_str(), mixed.as_str()] {
+                assert!(lookup(name.as_bytes()).is_some_and(|found| std::ptr::eq(found, c)), "{name}");
+            }
+        }
+        for unknown in ["", "gett", "ge", "set\0", "lock.acquire.and.some.more.bytes"] {
+            assert!(lookup(unknown.as_bytes()).is_none(), "{unknown}");
+        }
+    }
 
     #[test]
     fn glob_matches_like_redis() {

@@ -121,6 +121,39 @@ impl KeyDir {
         }
     }
 
+    /// Calls `f` with the location of every live overlay entry.
+    pub(crate) fn overlay_locs(&self, mut f: impl FnMut(&Loc)) {
+        for slot in self.overlay.values() {
+            if let Slot::Live(loc) = slot {
+                f(loc);
+            }
+        }
+    }
+
+    /// The base's slot count, for [`KeyDir::base_locs`].
+    pub(crate) fn base_slots(&self) -> usize {
+        self.base.slots()
+    }
+
+    /// Calls `f` with the location of every base entry in `slots` that
+    /// `wanted` accepts and the overlay does not hide (`wanted` is asked
+    /// first, as looking into the overlay costs more). Slots past the
+    /// base's end (a merge installed a smaller one) are skipped.
+    pub(crate) fn base_locs(
+        &self,
+        slots: std::ops::Range<usize>,
+        wanted: impl Fn(&Loc) -> bool,
+        mut f: impl FnMut(&Loc),
+    ) {
+        let end = slots.end.min(self.base.slots());
+        let overlay_empty = self.overlay.is_empty();
+        for (k, loc) in self.base.iter_slots(slots.start.min(end)..end) {
+            if wanted(&loc) && (overlay_empty || !self.overlay.contains_key(k)) {
+                f(&loc);
+            }
+        }
+    }
+
     fn sub_live(&mut self, loc: &Loc) {
         if let Some(l) = self.live.get_mut(&loc.seg) {
             *l = l.saturating_sub(loc.len as u64);

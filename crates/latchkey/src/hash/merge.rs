@@ -84,16 +84,16 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
         (inputs, segment::active_id(w.generation - 1), w.next_seq)
     };
     let now = now_ms();
+    let live = live_offsets(inner, &inputs, now);
     let mut out = Outputs::new(inner, base);
     let mut moved: Vec<(Box<[u8]>, Loc)> = Vec::new();
-    for seg in &inputs {
+    for (seg, live) in inputs.iter().zip(&live) {
+        // Records come in offset order, as the live offsets are sorted.
+        let mut live = live.iter().copied().peekable();
         log::scan(seg.path(), FileKind::Data, TailMode::Sealed, |found| {
+            while live.next_if(|&at| at < found.offset).is_some() {}
             let rec = found.record;
-            if rec.kind != Kind::Put {
-                return Ok(());
-            }
-            let current = inner.keydir.read().get(rec.key);
-            if current.is_some_and(|c| c.seg == seg.id && c.offset == found.offset && !c.expired(now)) {
+            if rec.kind == Kind::Put && live.next_if_eq(&found.offset).is_some() {
                 moved.push((rec.key.into(), out.append(&rec)?));
             }
             Ok(())
@@ -146,6 +146,42 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
         "merge finished"
     );
     Ok(report)
+}
+
+/// Base slots looked at per hold of the keydir's read lock.
+pub(super) const SNAPSHOT_CHUNK: usize = 1 << 14;
+
+/// The offsets of the records the keydir points at in each input (every
+/// write from before the rotation is in one), sorted. Taken once, after
+/// the rotation, instead of a keydir lookup per input record: a merge then
+/// costs one pass over the keydir plus a sequential read, however many
+/// dead records the inputs hold. A record made dead by a write after the
+/// snapshot is still copied; that write's overlay entry is newer than the
+/// merge's cut and hides the copy (see [`super::keydir::KeyDir::install_base`]).
+/// The overlay is read in one hold of the lock and the base in chunks, so
+/// writers wait for no more than one chunk; a base entry hidden by a write
+/// in between is left out, which is right as that write hides it anyway.
+fn live_offsets(inner: &Inner, inputs: &[Arc<Segment>], now: u64) -> Vec<Vec<u64>> {
+    let ids: Vec<SegId> = inputs.iter().map(|s| s.id).collect();
+    debug_assert!(ids.is_sorted());
+    let mut live: Vec<Vec<u64>> = vec![Vec::new(); ids.len()];
+    let wanted = |loc: &Loc| !loc.expired(now) && ids.binary_search(&loc.seg).is_ok();
+    let mut add = |loc: &Loc| {
+        if let Ok(i) = ids.binary_search(&loc.seg) {
+            if !loc.expired(now) {
+                live[i].push(loc.offset);
+            }
+        }
+    };
+    inner.keydir.read().overlay_locs(&mut add);
+    let slots = inner.keydir.read().base_slots();
+    for start in (0..slots).step_by(SNAPSHOT_CHUNK) {
+        inner.keydir.read().base_locs(start..start + SNAPSHOT_CHUNK, wanted, &mut add);
+    }
+    for offsets in &mut live {
+        offsets.sort_unstable();
+    }
+    live
 }
 
 /// The ids of the key tables in `dir`.

@@ -427,14 +427,22 @@ impl Inner {
 
     /// Counts the bytes of expired records, so that keys whose time ran out
     /// are reclaimed by a merge even when nothing else is dead.
+    /// Like a merge's snapshot, the base is read in chunks (writers wait for
+    /// one chunk at most) and only an expired entry of it is looked up in
+    /// the overlay.
     fn sweep_expired(&self) {
         let now = crate::db::now_ms();
         let mut expired = 0u64;
-        self.keydir.read().for_each(|_, loc| {
+        let mut add = |loc: &Loc| {
             if loc.expired(now) {
                 expired += loc.len as u64;
             }
-        });
+        };
+        self.keydir.read().overlay_locs(&mut add);
+        let slots = self.keydir.read().base_slots();
+        for start in (0..slots).step_by(merge::SNAPSHOT_CHUNK) {
+            self.keydir.read().base_locs(start..start + merge::SNAPSHOT_CHUNK, |loc| loc.expired(now), &mut add);
+        }
         self.expired_bytes.store(expired, Ordering::Relaxed);
     }
 

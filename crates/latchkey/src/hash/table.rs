@@ -308,10 +308,21 @@ impl KeyTable {
 
     /// Every key and its location, in slot order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Loc)> + '_ {
-        let slots = if self.count == 0 { 0 } else { 1usize << self.bits };
-        (0..slots)
-            .filter(|&s| u64_at(&self.buf, self.slots_at + s * SLOT_LEN + 16) != 0)
-            .map(|s| (self.key(s), self.loc(s)))
+        self.iter_slots(0..self.slots())
+    }
+
+    /// The number of slots (0 for an empty table).
+    pub(crate) fn slots(&self) -> usize {
+        if self.count == 0 {
+            0
+        } else {
+            1usize << self.bits
+        }
+    }
+
+    /// The keys and locations in `slots` (a range within [`KeyTable::slots`]).
+    pub(crate) fn iter_slots(&self, slots: std::ops::Range<usize>) -> impl Iterator<Item = (&[u8], Loc)> + '_ {
+        slots.filter(|&s| u64_at(&self.buf, self.slots_at + s * SLOT_LEN + 16) != 0).map(|s| (self.key(s), self.loc(s)))
     }
 }
 
