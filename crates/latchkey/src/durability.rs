@@ -22,6 +22,10 @@ struct Group {
     arrivals_at_end: u64,
     /// Whether a leader is waiting for arrivals before its fsync.
     gathering: bool,
+    /// The `arrivals` count the gathering leader waits for: only the
+    /// arrival that reaches it wakes the leader (each wake-up is a context
+    /// switch, and on a small machine the arrivals need the CPU).
+    gather_target: u64,
     /// How long the last fsync took.
     last_fsync: std::time::Duration,
 }
@@ -37,7 +41,7 @@ pub(crate) struct Durability {
     group: Mutex<Group>,
     /// Signalled when a leader's fsync ends.
     synced: Condvar,
-    /// Signalled when a caller arrives while a leader is gathering.
+    /// Signalled when the arrivals a gathering leader waits for are in.
     arrived: Condvar,
     /// Calls of `sync_to` that found their bytes not yet synced.
     arrivals: AtomicU64,
@@ -117,9 +121,9 @@ impl Durability {
         if self.synced_lsn.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        self.arrivals.fetch_add(1, Ordering::AcqRel);
+        let arrived = self.arrivals.fetch_add(1, Ordering::AcqRel) + 1;
         let mut group = self.group.lock();
-        if group.gathering {
+        if group.gathering && arrived == group.gather_target {
             self.arrived.notify_one();
         }
         loop {
@@ -158,7 +162,8 @@ impl Durability {
         let gather = group.last_fsync.clamp(GATHER_MIN, GATHER_MAX);
         let gather_until = std::time::Instant::now() + gather;
         group.gathering = true;
-        while self.arrivals.load(Ordering::Acquire).saturating_sub(since) < expect {
+        group.gather_target = since + expect;
+        while self.arrivals.load(Ordering::Acquire) < since + expect {
             if self.arrived.wait_until(&mut group, gather_until).timed_out() {
                 break;
             }
