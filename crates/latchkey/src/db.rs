@@ -65,6 +65,9 @@ pub struct Stats {
     pub bytes_compacted: u64,
     /// Times a writer waited because background work fell behind.
     pub stalls: u64,
+    /// Background work (merges, flushes, compactions, interval syncs)
+    /// that failed since open; each failure is also logged.
+    pub background_errors: u64,
     /// Tables (or files, or pages) read per point lookup, on average since open.
     pub probes_per_get: f64,
     /// `btree`: levels of the tree (1 = the root is a leaf).
@@ -109,6 +112,7 @@ impl std::fmt::Display for Stats {
         writeln!(f, "merges since open:    {}", self.merges)?;
         writeln!(f, "bytes compacted:      {}", self.bytes_compacted)?;
         writeln!(f, "write stalls:         {}", self.stalls)?;
+        writeln!(f, "background errors:    {}", self.background_errors)?;
         write!(f, "probes per get:       {:.2}", self.probes_per_get)?;
         if self.engine == "btree" {
             writeln!(f)?;

@@ -358,3 +358,42 @@ fn merges_keep_the_newest_version_of_keys_the_overlay_hides() {
     let stats = db.stats();
     assert!(stats.disk_bytes < 2 * live + (1 << 20), "{} bytes on disk for {live} live", stats.disk_bytes);
 }
+
+/// A merge that keeps failing (here: the directory was deleted under an
+/// open store) is tried again less and less often, not at every tick of
+/// the background thread (10 ms here), and each failure is counted in
+/// `Stats::background_errors`.
+#[test]
+fn a_failing_background_merge_backs_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let opts = Options {
+        sync: Sync::Never,
+        segment_size: 1 << 20,
+        merge_min_dead_bytes: 4096,
+        ..common::small_options(Engine::Hash, true)
+    };
+    let db = Db::open(&path, opts).unwrap();
+    std::fs::remove_dir_all(&path).unwrap();
+    // One batch makes the merge due: 100 keys, 20 versions each, in the
+    // active segment (whose file stays open), so no new file is needed.
+    let mut batch = latchkey::WriteBatch::new();
+    for version in 0..20 {
+        for k in 0..100u64 {
+            batch.put(k.to_be_bytes(), value_for(k, version));
+        }
+    }
+    db.write(batch).unwrap();
+    let started = Instant::now();
+    while db.stats().background_errors == 0 && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let first = db.stats().background_errors;
+    assert!(first > 0, "the merge never failed");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let failures = db.stats().background_errors;
+    // Retried after 20, 40, 80, ... ms: about 6 attempts in 1.5 s (150
+    // without the back-off).
+    assert!(failures - first <= 10, "{} failed merges in 1.5 s", failures - first);
+    assert_eq!(db.stats().merges, 0);
+}

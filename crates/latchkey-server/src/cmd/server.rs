@@ -238,6 +238,7 @@ fn info(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome> 
                 ("data_files".into(), stats.files.to_string()),
                 ("fsyncs".into(), stats.syncs.to_string()),
                 ("merges".into(), stats.merges.to_string()),
+                ("background_errors".into(), stats.background_errors.to_string()),
             ],
         ),
         (

@@ -110,6 +110,7 @@ struct Counters {
     checkpoint_bytes: AtomicU64,
     gets: AtomicU64,
     probes: AtomicU64,
+    background_errors: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -569,6 +570,7 @@ impl Inner {
             }
             if sync_every.is_some() && !self.durability.is_poisoned() {
                 if let Err(e) = self.sync_all() {
+                    self.counters.background_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "interval sync failed");
                 }
             }
@@ -608,6 +610,7 @@ impl Inner {
             merges: c.checkpoints.load(Ordering::Relaxed),
             bytes_compacted: c.checkpoint_bytes.load(Ordering::Relaxed),
             stalls: 0,
+            background_errors: c.background_errors.load(Ordering::Relaxed),
             probes_per_get: c.probes.load(Ordering::Relaxed) as f64 / gets.max(1) as f64,
             height: m.height as u64,
             pages: m.page_count as u64,

@@ -62,7 +62,12 @@ struct Counters {
     user_bytes: AtomicU64,
     disk_bytes: AtomicU64,
     merges: AtomicU64,
+    background_errors: AtomicU64,
 }
+
+/// The longest the background thread waits before it tries a failed merge
+/// again: the wait doubles from `background_interval` after each failure.
+const MERGE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 pub(crate) struct Inner {
     dir: PathBuf,
@@ -406,6 +411,7 @@ impl Inner {
             disk_bytes_written: c.disk_bytes.load(Ordering::Relaxed),
             syncs: self.durability.syncs.load(Ordering::Relaxed),
             merges: c.merges.load(Ordering::Relaxed),
+            background_errors: c.background_errors.load(Ordering::Relaxed),
             ..Stats::default()
         }
     }
@@ -456,11 +462,16 @@ impl Inner {
         let tick = sync_every.map_or(self.opts.background_interval, |s| s.min(self.opts.background_interval));
         let mut last_sync = Instant::now();
         let mut last_merge_check = Instant::now();
+        // After a failed merge (a full disk, a directory gone), wait longer
+        // each time before trying again, instead of failing every tick.
+        let mut merge_wait = self.opts.background_interval;
         let mut last_sweep = Instant::now();
+        let errors = &self.counters.background_errors;
         while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
             if sync_every.is_some_and(|every| last_sync.elapsed() >= every) {
                 last_sync = Instant::now();
                 if let Err(e) = self.sync_all() {
+                    errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "interval sync failed");
                 }
             }
@@ -468,10 +479,16 @@ impl Inner {
                 last_sweep = Instant::now();
                 self.sweep_expired();
             }
-            if last_merge_check.elapsed() >= self.opts.background_interval {
+            if last_merge_check.elapsed() >= merge_wait {
                 last_merge_check = Instant::now();
-                if let Err(e) = merge::merge_if_due(self) {
-                    tracing::error!(error = %e, "background merge failed");
+                match merge::merge_if_due(self) {
+                    Ok(()) => merge_wait = self.opts.background_interval,
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        merge_wait = (merge_wait * 2).min(MERGE_RETRY_MAX);
+                        let retry_in_ms = merge_wait.as_millis() as u64;
+                        tracing::error!(error = %e, retry_in_ms, "background merge failed");
+                    }
                 }
             }
         }

@@ -130,6 +130,7 @@ struct Counters {
     stalls: AtomicU64,
     gets: AtomicU64,
     probes: AtomicU64,
+    background_errors: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -572,6 +573,7 @@ impl Inner {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(e) => {
+                        self.counters.background_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, "background flush or compaction failed");
                         self.poison(&e);
                     }
@@ -580,6 +582,7 @@ impl Inner {
             if sync_every.is_some_and(|every| last_sync.elapsed() >= every) {
                 last_sync = Instant::now();
                 if let Err(e) = self.sync_all() {
+                    self.counters.background_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, "interval sync failed");
                 }
             }
@@ -614,6 +617,7 @@ impl Inner {
             merges: c.compactions.load(Ordering::Relaxed),
             bytes_compacted: c.bytes_compacted.load(Ordering::Relaxed),
             stalls: c.stalls.load(Ordering::Relaxed),
+            background_errors: c.background_errors.load(Ordering::Relaxed),
             probes_per_get: c.probes.load(Ordering::Relaxed) as f64 / gets.max(1) as f64,
             ..Stats::default()
         }
