@@ -150,19 +150,28 @@ impl Memtable {
     }
 
     /// The newest version of `key` at or below `snapshot`.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: &[u8], snapshot: u64) -> Option<(u64, Value)> {
+        self.get_with(key, snapshot, |seq, v| (seq, v.clone()))
+    }
+
+    /// Calls `f` with the newest version of `key` at or below `snapshot`,
+    /// under the lock that holds it: a read copies the bytes it needs
+    /// without touching the value's shared count (a cache miss and two
+    /// atomic operations per read, in a profile of the server's GETs).
+    pub(crate) fn get_with<R>(&self, key: &[u8], snapshot: u64, f: impl FnOnce(u64, &Value) -> R) -> Option<R> {
         match self.shard(key).read().get(key) {
             // No version of `key` at all.
             None => return None,
-            Some(e) if e.seq <= snapshot => return Some((e.seq, e.value.clone())),
-            Some(Newest { prev: Some(p), .. }) if p.0 <= snapshot => return Some((p.0, p.1.clone())),
+            Some(e) if e.seq <= snapshot => return Some(f(e.seq, &e.value)),
+            Some(Newest { prev: Some(p), .. }) if p.0 <= snapshot => return Some(f(p.0, &p.1)),
             // Both are past the snapshot: an older one from the map.
             Some(_) => {}
         }
         let from = (MemKey::from_slice(key), Reverse(snapshot));
         let map = self.ordered();
         let ((k, seq), v) = map.range(from..).next()?;
-        (k.as_slice() == key).then(|| (seq.0, v.clone()))
+        (k.as_slice() == key).then(|| f(seq.0, v))
     }
 
     /// Calls `f` with every key's newest version (for a flush), in key

@@ -323,8 +323,8 @@ impl Inner {
         };
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         for m in &mems {
-            if let Some((_, v)) = m.get(key, snap) {
-                return Ok(v.lend().map(|(d, exp)| (d.to_vec(), exp)));
+            if let Some(found) = m.get_with(key, snap, |_, v| v.lend().map(|(d, exp)| (d.to_vec(), exp))) {
+                return Ok(found);
             }
         }
         drop(mems);
