@@ -53,6 +53,13 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
 }
 
+impl Shared {
+    /// Takes the write lock (see [`Shared::pass`]).
+    pub(crate) fn lock_pass(&self) -> std::sync::MutexGuard<'_, cmd::Pass> {
+        self.pass.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// One connection's state.
 pub(crate) struct Client {
     pub(crate) id: u64,
@@ -174,7 +181,7 @@ impl Server {
         let _ = appender.await;
         // Writes of connections cut off above: no reply said they were made,
         // but they were staged in order, so they go in rather than vanish.
-        if let Err(e) = shared.pass.lock().unwrap_or_else(|p| p.into_inner()).append(&shared) {
+        if let Err(e) = shared.lock_pass().append(&shared) {
             tracing::error!(error = %e, "the last staged writes could not be appended");
         }
         let db = shared.db.clone();
@@ -196,8 +203,7 @@ async fn append_passes(shared: Arc<Shared>) {
     loop {
         shared.pass_due.notified().await;
         tokio::task::yield_now().await;
-        let mut pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = pass.append(&shared) {
+        if let Err(e) = shared.lock_pass().append(&shared) {
             tracing::error!(error = %e, "appending staged writes failed");
         }
     }
@@ -280,7 +286,7 @@ fn run_buffered(
     // in order, and only a command that had them appended lets a turn go
     // on before its replies are sent); only its failure matters.
     if let Some(Some(Err(e))) = pending.replace(done).as_deref().map(cmd::PassDone::result) {
-        return Next::Failed(Reply::err(format!("writes of this pipeline failed: {e}")));
+        return Next::Failed(cmd::writes_failed(e));
     }
     next
 }
@@ -428,7 +434,7 @@ async fn flush(
     if let Some(done) = pending.take() {
         if let Err(e) = done.wait().await {
             out.clear();
-            Reply::err(format!("writes of this pipeline failed: {e}")).encode(out, resp3);
+            cmd::writes_failed(e).encode(out, resp3);
             socket.write_all(out).await?;
             return Err(std::io::Error::other("writes failed"));
         }

@@ -161,7 +161,7 @@ fn flush(shared: &Shared, _: &mut Client, args: &mut Args) -> CmdResult<Outcome>
     }
     // Writes staged before this command are ordered before it: append
     // them, and keep the write lock so that none comes in between.
-    let mut pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
+    let mut pass = shared.lock_pass();
     pass.append(shared).map_err(|e| Reply::err(format!("writes staged before FLUSHALL failed: {e}")))?;
     for chunk in all_keys(shared)?.chunks(10_000) {
         let mut batch = WriteBatch::new();

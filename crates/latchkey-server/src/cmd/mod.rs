@@ -165,6 +165,12 @@ impl PassDone {
     }
 }
 
+/// The reply to a connection whose staged writes could not be appended:
+/// the replies made for them are void.
+pub(crate) fn writes_failed(e: impl std::fmt::Display) -> Reply {
+    Reply::err(format!("writes of this pipeline failed: {e}"))
+}
+
 impl Pass {
     /// Appends the staged writes as one batch and wakes the connections
     /// waiting on them. The caller holds the write lock.
@@ -220,12 +226,13 @@ impl<'a> Tx<'a> {
     }
 
     fn lock(&mut self) -> &mut Pass {
-        self.pass.get_or_insert_with(|| self.shared.pass.lock().unwrap_or_else(|p| p.into_inner()))
+        self.pass.get_or_insert_with(|| self.shared.lock_pass())
     }
 
     fn stage(&mut self, mut batch: WriteBatch) {
         let shared = self.shared;
-        let pass = self.pass.get_or_insert_with(|| shared.pass.lock().unwrap_or_else(|p| p.into_inner()));
+        let waits = self.waits.take();
+        let pass = self.lock();
         if pass.staged.is_empty() {
             shared.pass_due.notify_one();
         }
@@ -233,10 +240,11 @@ impl<'a> Tx<'a> {
             pass.bytes += key.len() + state.as_ref().map_or(0, |(v, _)| v.len());
             pass.staged.insert(key, state);
         }
-        let done = &pass.done;
-        if !self.waits.as_ref().is_some_and(|w| Arc::ptr_eq(w, done)) {
-            self.waits = Some(Arc::clone(done));
-        }
+        let waits = match waits {
+            Some(w) if Arc::ptr_eq(&w, &pass.done) => w,
+            _ => Arc::clone(&pass.done),
+        };
+        self.waits = Some(waits);
     }
 
     /// Appends the staged changes (every connection's) now, keeping the
@@ -244,7 +252,7 @@ impl<'a> Tx<'a> {
     fn write_staged(&mut self) -> Result<(), Outcome> {
         let shared = self.shared;
         let result = self.lock().append(shared);
-        result.map_err(|e| Outcome::Failed(Reply::err(format!("writes of this pipeline failed: {e}"))))
+        result.map_err(|e| Outcome::Failed(writes_failed(e)))
     }
 
     /// Has this turn's writes appended, if they are not yet, and lets go of
@@ -254,9 +262,7 @@ impl<'a> Tx<'a> {
         let result = match self.waits.take() {
             None => Ok(()),
             Some(done) => match done.result() {
-                Some(r) => {
-                    r.clone().map_err(|e| Outcome::Failed(Reply::err(format!("writes of this pipeline failed: {e}"))))
-                }
+                Some(r) => r.clone().map_err(|e| Outcome::Failed(writes_failed(e))),
                 // Passes are appended in order: an unappended one is the current one.
                 None => self.write_staged(),
             },

@@ -142,8 +142,8 @@ impl KeyDir {
     pub(crate) fn base_locs(
         &self,
         slots: std::ops::Range<usize>,
-        wanted: impl Fn(&Loc) -> bool,
-        mut f: impl FnMut(&Loc),
+        wanted: &impl Fn(&Loc) -> bool,
+        f: &mut impl FnMut(&Loc),
     ) {
         let end = slots.end.min(self.base.slots());
         let overlay_empty = self.overlay.is_empty();

@@ -148,9 +148,6 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
     Ok(report)
 }
 
-/// Base slots looked at per hold of the keydir's read lock.
-pub(super) const SNAPSHOT_CHUNK: usize = 1 << 14;
-
 /// The offsets of the records the keydir points at in each input (every
 /// write from before the rotation is in one), sorted. Taken once, after
 /// the rotation, instead of a keydir lookup per input record: a merge then
@@ -158,26 +155,21 @@ pub(super) const SNAPSHOT_CHUNK: usize = 1 << 14;
 /// dead records the inputs hold. A record made dead by a write after the
 /// snapshot is still copied; that write's overlay entry is newer than the
 /// merge's cut and hides the copy (see [`super::keydir::KeyDir::install_base`]).
-/// The overlay is read in one hold of the lock and the base in chunks, so
-/// writers wait for no more than one chunk; a base entry hidden by a write
-/// in between is left out, which is right as that write hides it anyway.
+/// A base entry hidden by a write while the snapshot is taken (see
+/// [`Inner::for_each_loc`]) is left out, which is right as that write
+/// hides it anyway.
 fn live_offsets(inner: &Inner, inputs: &[Arc<Segment>], now: u64) -> Vec<Vec<u64>> {
     let ids: Vec<SegId> = inputs.iter().map(|s| s.id).collect();
     debug_assert!(ids.is_sorted());
     let mut live: Vec<Vec<u64>> = vec![Vec::new(); ids.len()];
-    let wanted = |loc: &Loc| !loc.expired(now) && ids.binary_search(&loc.seg).is_ok();
-    let mut add = |loc: &Loc| {
-        if let Ok(i) = ids.binary_search(&loc.seg) {
-            if !loc.expired(now) {
+    inner.for_each_loc(
+        |loc| !loc.expired(now) && ids.binary_search(&loc.seg).is_ok(),
+        |loc| {
+            if let Ok(i) = ids.binary_search(&loc.seg) {
                 live[i].push(loc.offset);
             }
-        }
-    };
-    inner.keydir.read().overlay_locs(&mut add);
-    let slots = inner.keydir.read().base_slots();
-    for start in (0..slots).step_by(SNAPSHOT_CHUNK) {
-        inner.keydir.read().base_locs(start..start + SNAPSHOT_CHUNK, wanted, &mut add);
-    }
+        },
+    );
     for offsets in &mut live {
         offsets.sort_unstable();
     }

@@ -65,6 +65,9 @@ struct Counters {
     background_errors: AtomicU64,
 }
 
+/// Base slots [`Inner::for_each_loc`] visits per hold of the keydir lock.
+const LOC_CHUNK: usize = 1 << 14;
+
 /// The longest the background thread waits before it tries a failed merge
 /// again: the wait doubles from `background_interval` after each failure.
 const MERGE_RETRY_MAX: Duration = Duration::from_secs(60);
@@ -433,23 +436,31 @@ impl Inner {
 
     /// Counts the bytes of expired records, so that keys whose time ran out
     /// are reclaimed by a merge even when nothing else is dead.
-    /// Like a merge's snapshot, the base is read in chunks (writers wait for
-    /// one chunk at most) and only an expired entry of it is looked up in
-    /// the overlay.
     fn sweep_expired(&self) {
         let now = crate::db::now_ms();
         let mut expired = 0u64;
-        let mut add = |loc: &Loc| {
-            if loc.expired(now) {
-                expired += loc.len as u64;
-            }
-        };
-        self.keydir.read().overlay_locs(&mut add);
-        let slots = self.keydir.read().base_slots();
-        for start in (0..slots).step_by(merge::SNAPSHOT_CHUNK) {
-            self.keydir.read().base_locs(start..start + merge::SNAPSHOT_CHUNK, |loc| loc.expired(now), &mut add);
-        }
+        self.for_each_loc(|loc| loc.expired(now), |loc| expired += loc.len as u64);
         self.expired_bytes.store(expired, Ordering::Relaxed);
+    }
+
+    /// Calls `f` with the location of every live key that `wanted` accepts:
+    /// the overlay's in one hold of the keydir's read lock, then the base's
+    /// in chunks of [`LOC_CHUNK`] slots, each under its own, so writers
+    /// wait for one chunk at most (a whole-keydir walk of a million keys
+    /// held them for tens of milliseconds). A base entry is looked up in
+    /// the overlay only if `wanted` accepts it. Keys written between
+    /// chunks may be seen in either layer or, when a write hides a base
+    /// entry not yet visited, not at all.
+    fn for_each_loc(&self, wanted: impl Fn(&Loc) -> bool, mut f: impl FnMut(&Loc)) {
+        self.keydir.read().overlay_locs(|loc| {
+            if wanted(loc) {
+                f(loc);
+            }
+        });
+        let slots = self.keydir.read().base_slots();
+        for start in (0..slots).step_by(LOC_CHUNK) {
+            self.keydir.read().base_locs(start..start + LOC_CHUNK, &wanted, &mut f);
+        }
     }
 
     /// The background thread: interval syncs and automatic merges, until
