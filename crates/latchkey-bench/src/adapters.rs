@@ -21,7 +21,8 @@ fn e(x: impl std::fmt::Display) -> String {
 }
 
 pub enum Any {
-    Latchkey(latchkey::Db),
+    /// The store and the sync policy it was opened with.
+    Latchkey(latchkey::Db, latchkey::Sync),
     #[cfg(feature = "peers")]
     Redb(redb::Database),
     #[cfg(feature = "peers")]
@@ -35,11 +36,15 @@ pub enum Any {
 #[cfg(feature = "peers")]
 const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
 
-pub fn open(name: &str, path: &Path) -> Result<Any, String> {
+/// Opens engine `name`'s store at `path`. With `durable_puts` (the
+/// sync-writes workloads) latchkey runs under `Sync::Always`, where a put
+/// returns durable and concurrent puts share one log write and one fsync;
+/// otherwise under `Sync::Never`, with `sync()` making writes durable.
+pub fn open(name: &str, path: &Path, durable_puts: bool) -> Result<Any, String> {
     Ok(match name {
         "latchkey-hash" | "latchkey-lsm" | "latchkey-btree" => {
             let engine: latchkey::Engine = name["latchkey-".len()..].parse().map_err(e)?;
-            // Bulk writes without fsync; `sync()` makes them durable.
+            let sync = if durable_puts { latchkey::Sync::Always } else { latchkey::Sync::Never };
             Any::Latchkey(
                 latchkey::Db::open(
                     path,
@@ -47,13 +52,14 @@ pub fn open(name: &str, path: &Path) -> Result<Any, String> {
                     // hash: 1 GiB of cached segment blocks, the same budget.
                     // (lsm keeps its default 64 MiB block cache.)
                     latchkey::Options {
-                        sync: latchkey::Sync::Never,
+                        sync,
                         page_cache_size: 1 << 30,
                         block_cache_size: if engine == latchkey::Engine::Hash { 1 << 30 } else { 64 << 20 },
                         ..latchkey::Options::new(engine)
                     },
                 )
                 .map_err(e)?,
+                sync,
             )
         }
         #[cfg(feature = "peers")]
@@ -86,7 +92,7 @@ pub fn open(name: &str, path: &Path) -> Result<Any, String> {
 impl Store for Any {
     fn write_batch(&self, items: &[(impl AsRef<[u8]>, impl AsRef<[u8]>)]) -> Result<(), String> {
         match self {
-            Any::Latchkey(db) => {
+            Any::Latchkey(db, _) => {
                 let mut b = latchkey::WriteBatch::new();
                 for (k, v) in items {
                     b.put(k, v);
@@ -136,7 +142,7 @@ impl Store for Any {
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
         match self {
-            Any::Latchkey(db) => db.get(key).map_err(e),
+            Any::Latchkey(db, _) => db.get(key).map_err(e),
             #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let tx = db.begin_read().map_err(e)?;
@@ -159,7 +165,7 @@ impl Store for Any {
     fn scan(&self, start: &[u8], n: usize) -> Result<usize, String> {
         let start = start.to_vec();
         match self {
-            Any::Latchkey(db) => {
+            Any::Latchkey(db, _) => {
                 // The lending scan: borrowed key and value, as redb's range
                 // lends access guards.
                 let mut c = 0;
@@ -220,7 +226,8 @@ impl Store for Any {
 
     fn put_durable(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
         match self {
-            Any::Latchkey(db) => {
+            Any::Latchkey(db, latchkey::Sync::Always) => db.put(key, value).map_err(e),
+            Any::Latchkey(db, _) => {
                 db.put(key, value).map_err(e)?;
                 db.sync().map_err(e)
             }
@@ -251,7 +258,7 @@ impl Store for Any {
 
     fn sync(&self) -> Result<(), String> {
         match self {
-            Any::Latchkey(db) => db.sync().map_err(e),
+            Any::Latchkey(db, _) => db.sync().map_err(e),
             #[cfg(feature = "peers")]
             Any::Redb(db) => {
                 let tx = db.begin_write().map_err(e)?;
@@ -269,7 +276,7 @@ impl Store for Any {
 
     fn settle(&self) -> Result<(), String> {
         match self {
-            Any::Latchkey(db) => db.compact().map_err(e),
+            Any::Latchkey(db, _) => db.compact().map_err(e),
             #[allow(unreachable_patterns)]
             _ => {
                 std::thread::sleep(std::time::Duration::from_secs(2));

@@ -231,7 +231,7 @@ pub fn work(args: &WorkerArgs) -> Result<Measured, String> {
     let w = args.workload.as_str();
     // Opens the filled store; for every workload but fillseq, fillrandom
     // and reopen this is not part of what is measured.
-    let open = || adapters::open(engine, path);
+    let open = || adapters::open(engine, path, w.starts_with("sync-writes"));
     let cpu0;
     match w {
         "fillseq" | "fillrandom" => {

@@ -4,7 +4,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use parking_lot::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
@@ -13,8 +15,11 @@ use crate::error::{Error, Result};
 struct Group {
     /// Whether a caller is fsyncing the log now (the group's leader).
     leading: bool,
-    /// Callers waiting for the leader's fsync.
-    waiting: u64,
+    /// Callers asleep until the leader's fsync ends; it wakes each
+    /// (`unpark`), and those it covered return without taking this lock
+    /// again (a condvar would hand them the lock one after another, each
+    /// hand-off a context switch while the rest of the group waits).
+    sleepers: Vec<std::thread::Thread>,
     /// Callers the last fsync covered (its waiters and leader): about as
     /// many will be back with their next write.
     covered: u64,
@@ -22,27 +27,25 @@ struct Group {
     arrivals_at_end: u64,
     /// Whether a leader is waiting for arrivals before its fsync.
     gathering: bool,
-    /// The `arrivals` count the gathering leader waits for: only the
-    /// arrival that reaches it wakes the leader (each wake-up is a context
-    /// switch, and on a small machine the arrivals need the CPU).
+    /// The `arrivals` count the gathering leader waits for: the arrival
+    /// that reaches it leads the fsync instead.
     gather_target: u64,
     /// How long the last fsync took.
-    last_fsync: std::time::Duration,
+    last_fsync: Duration,
 }
 
 /// The longest a leader waits for the writers of the last group to append
 /// again before it fsyncs: at least this long ...
-const GATHER_MIN: std::time::Duration = std::time::Duration::from_micros(100);
+const GATHER_MIN: Duration = Duration::from_micros(100);
 /// ... and as long as the last fsync took, up to this.
-const GATHER_MAX: std::time::Duration = std::time::Duration::from_micros(1000);
+const GATHER_MAX: Duration = Duration::from_micros(1000);
 
 #[derive(Default)]
 pub(crate) struct Durability {
     group: Mutex<Group>,
-    /// Signalled when a leader's fsync ends.
-    synced: Condvar,
-    /// Signalled when the arrivals a gathering leader waits for are in.
-    arrived: Condvar,
+    /// Fsync rounds ended (led and done, or failed): a sleeper waits for
+    /// it to move.
+    rounds: AtomicU64,
     /// Calls of `sync_to` that found their bytes not yet synced.
     arrivals: AtomicU64,
     /// Log bytes (a log sequence number) known to be on stable storage.
@@ -107,14 +110,15 @@ impl Durability {
     }
 
     /// Makes the log durable up to `lsn`, with group commit: one caller at a
-    /// time (the leader) fsyncs everything written so far; the others wait
-    /// for that fsync to end, and all of them wake at once — those whose
-    /// bytes it covered return, and one of the rest leads the next fsync,
-    /// which covers every write made while the last one ran. `current`
-    /// returns the log position now and the fsync of the active log (older
-    /// logs were synced when sealed); it is called without the caller's
-    /// writer lock held during the fsync.
-    pub(crate) fn sync_to<F>(&self, lsn: u64, current: impl FnOnce() -> (u64, F)) -> Result<()>
+    /// time (the leader) fsyncs everything written so far; the others
+    /// sleep until that fsync ends, and all of them wake at once — those
+    /// whose bytes it covered return, and one of the rest leads the next
+    /// fsync, which covers every write made while the last one ran.
+    /// `current` returns the log position now and the fsync of the active
+    /// log (older logs were synced when sealed), after writing the records
+    /// the waiting writers deferred (see [`crate::log::LogWriter::defer`]):
+    /// one write for the group. The fsync runs without the writer lock held.
+    pub(crate) fn sync_to<F>(&self, lsn: u64, current: impl FnOnce() -> Result<(u64, F)>) -> Result<()>
     where
         F: FnOnce() -> Result<()>,
     {
@@ -123,59 +127,103 @@ impl Durability {
         }
         let arrived = self.arrivals.fetch_add(1, Ordering::AcqRel) + 1;
         let mut group = self.group.lock();
-        if group.gathering && arrived == group.gather_target {
-            self.arrived.notify_one();
+        if group.gathering && arrived >= group.gather_target && self.check_writable().is_ok() {
+            // This arrival completes the group the leader is gathering: it
+            // leads the fsync in the leader's place (the leader sleeps on,
+            // as one of the group) instead of waking it, a context switch
+            // the whole group would wait for.
+            group.gathering = false;
+            drop(group);
+            return self.lead(current);
         }
         loop {
             if self.synced_lsn.load(Ordering::Acquire) >= lsn {
                 return Ok(());
             }
             self.check_writable()?;
-            if !group.leading {
-                break;
+            if group.leading {
+                self.sleep(group);
+            } else {
+                group.leading = true;
+                let target = group.arrivals_at_end + group.covered;
+                if self.arrivals.load(Ordering::Acquire) >= target {
+                    drop(group);
+                    return self.lead(current);
+                }
+                if !self.gather(group, target) {
+                    return self.lead(current);
+                }
+                // An arrival completed the group and led its fsync.
             }
-            group.waiting += 1;
-            self.synced.wait(&mut group);
-            group.waiting -= 1;
+            group = self.group.lock();
         }
-        group.leading = true;
-        let (expect, since) = (group.covered, group.arrivals_at_end);
-        // Clears the leader flag and wakes the waiters however this ends
-        // (an error or a panic in the fsync included).
-        struct Lead<'a>(&'a Durability);
-        impl Drop for Lead<'_> {
-            fn drop(&mut self) {
-                let mut g = self.0.group.lock();
-                g.leading = false;
-                g.gathering = false;
-                g.arrivals_at_end = self.0.arrivals.load(Ordering::Acquire);
-                drop(g);
-                self.0.synced.notify_all();
-            }
-        }
-        let _lead = Lead(self);
-        // The writers the last fsync covered are usually a moment from
-        // appending again: wait (briefly, asleep: on a small machine they
-        // need the CPU) until about as many have arrived, so this fsync
-        // covers them too instead of splitting the writers into two groups
-        // that take turns. Alone, this waits for nobody.
-        let gather = group.last_fsync.clamp(GATHER_MIN, GATHER_MAX);
-        let gather_until = std::time::Instant::now() + gather;
-        group.gathering = true;
-        group.gather_target = since + expect;
-        while self.arrivals.load(Ordering::Acquire) < since + expect {
-            if self.arrived.wait_until(&mut group, gather_until).timed_out() {
-                break;
-            }
-        }
-        group.gathering = false;
+    }
+
+    /// Sleeps until the fsync being led now has ended.
+    fn sleep(&self, mut group: MutexGuard<'_, Group>) {
+        let round = self.rounds.load(Ordering::Acquire);
+        group.sleepers.push(std::thread::current());
         drop(group);
-        let (target, fsync) = current();
+        self.wait_round(round);
+    }
+
+    fn wait_round(&self, round: u64) {
+        while self.rounds.load(Ordering::Acquire) == round {
+            std::thread::park();
+        }
+    }
+
+    /// The writers the last fsync covered are usually a moment from
+    /// appending again: the new leader waits (asleep: on a small machine
+    /// they need the CPU) until about as many have arrived, so its fsync
+    /// covers them too instead of splitting the writers into two groups
+    /// that take turns. The arrival that completes the count leads the
+    /// fsync; this returns true once it has ended. After the last fsync's
+    /// duration (100 us to 1 ms) with the count short, this returns false
+    /// and the caller leads the fsync of what there is.
+    fn gather(&self, mut group: MutexGuard<'_, Group>, target: u64) -> bool {
+        let until = Instant::now() + group.last_fsync.clamp(GATHER_MIN, GATHER_MAX);
+        group.gathering = true;
+        group.gather_target = target;
+        let round = self.rounds.load(Ordering::Acquire);
+        group.sleepers.push(std::thread::current());
+        drop(group);
+        loop {
+            if self.rounds.load(Ordering::Acquire) != round {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            std::thread::park_timeout(until - now);
+        }
+        let mut g = self.group.lock();
+        if g.gathering {
+            g.gathering = false;
+            let me = std::thread::current().id();
+            g.sleepers.retain(|t| t.id() != me);
+            return false;
+        }
+        drop(g);
+        self.wait_round(round); // taken over: its fsync is under way
+        true
+    }
+
+    /// Writes the deferred records and fsyncs them, as the group's leader
+    /// (`leading` is set); the leader's flag is cleared and the sleepers
+    /// woken however this ends.
+    fn lead<F>(&self, current: impl FnOnce() -> Result<(u64, F)>) -> Result<()>
+    where
+        F: FnOnce() -> Result<()>,
+    {
+        let _lead = Lead(self);
+        let (target, fsync) = current()?;
         {
             let mut g = self.group.lock();
-            g.covered = g.waiting + 1;
+            g.covered = g.sleepers.len() as u64 + 1;
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         if let Err(e) = fsync() {
             self.poison(&e);
             return Err(e);
@@ -184,5 +232,26 @@ impl Durability {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.mark_synced(target);
         Ok(())
+    }
+}
+
+/// Ends a leader's round (an error or a panic in its fsync included):
+/// clears the flag and wakes every sleeper.
+struct Lead<'a>(&'a Durability);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let d = self.0;
+        let sleepers = {
+            let mut g = d.group.lock();
+            g.leading = false;
+            g.gathering = false;
+            g.arrivals_at_end = d.arrivals.load(Ordering::Acquire);
+            d.rounds.fetch_add(1, Ordering::AcqRel);
+            std::mem::take(&mut g.sleepers)
+        };
+        for t in sleepers {
+            t.unpark();
+        }
     }
 }

@@ -225,8 +225,9 @@ impl Store for BtreeStore {
     }
 
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
-        let lsn = self.inner.write(batch)?;
-        if durable && self.inner.opts.sync == Sync::Always {
+        let sync = durable && self.inner.opts.sync == Sync::Always;
+        let lsn = self.inner.write(batch, sync)?;
+        if sync {
             self.inner.sync_to(lsn)?;
         }
         Ok(())
@@ -305,12 +306,25 @@ impl Inner {
 
     fn sync_to(&self, lsn: u64) -> Result<()> {
         self.durability.sync_to(lsn, || {
+            self.write_deferred(&mut self.writer.lock())?;
             // The position first: if a checkpoint switches the log after
             // it is read, the old log was synced up to it by the checkpoint.
             let lsn = self.published_lsn.load(Ordering::Acquire);
             let log = Arc::clone(&self.published_wal.lock());
-            (lsn, move || log.sync_data())
+            Ok((lsn, move || log.sync_data()))
         })
+    }
+
+    /// Writes the log records deferred by writers waiting for an fsync,
+    /// and publishes the position after them.
+    fn write_deferred(&self, w: &mut Writer) -> Result<()> {
+        if let Err(e) = w.wal.flush() {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.published_lsn.store(w.lsn, Ordering::Release);
+        self.log_bytes.store(w.wal.len(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Checks what the tree cannot store before anything is logged.
@@ -331,8 +345,10 @@ impl Inner {
 
     /// Applies and logs `batch`; returns the log position that makes it
     /// durable. (A reader may see a single change before it is logged, as
-    /// on every engine a reader may see a write before it is synced.)
-    fn write(&self, batch: &WriteBatch) -> Result<u64> {
+    /// on every engine a reader may see a write before it is synced.) With
+    /// `defer` (the caller syncs next) the record is held for the fsync's
+    /// leader to write with the group's.
+    fn write(&self, batch: &WriteBatch, defer: bool) -> Result<u64> {
         self.check_batch(batch)?;
         // Bring the pages a small batch will change into the pool before
         // queueing for the writer lock: concurrent writers then read them
@@ -353,16 +369,17 @@ impl Inner {
             self.poison(&e);
             return Err(e);
         }
-        match w.wal.append(&w.buf) {
-            Ok(_) => {
-                self.advance(w, w.buf.len());
-                self.counters.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
+        if defer {
+            w.wal.defer(&w.buf);
+            w.lsn += w.buf.len() as u64; // published when written
+        } else {
+            if let Err(e) = w.wal.append(&w.buf) {
                 self.poison(&e);
                 return Err(e);
             }
+            self.advance(w, w.buf.len());
         }
+        self.counters.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
         let c = &self.counters;
         c.writes.fetch_add(1, Ordering::Relaxed);
         c.user_bytes.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
@@ -429,7 +446,9 @@ impl Inner {
     /// Writes every dirty page in place and starts a new log.
     fn checkpoint(&self, w: &mut Writer) -> Result<()> {
         // 1. The log, with the before-image of every page about to be
-        //    overwritten, is durable before any page is.
+        //    overwritten, is durable before any page is (deferred records
+        //    first, in the order they were applied).
+        self.write_deferred(w)?;
         self.log_images(w)?;
         w.wal.sync()?;
         self.durability.mark_synced(w.lsn);
@@ -549,7 +568,7 @@ impl Inner {
                 for k in expired {
                     b.delete(k);
                 }
-                self.write(&b)?;
+                self.write(&b, false)?;
             }
             match next {
                 Some(k) => from = Bound::Excluded(k),

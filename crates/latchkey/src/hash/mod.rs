@@ -54,6 +54,26 @@ struct Writer {
     lsn: u64,
     buf: Vec<u8>,
     offsets: Vec<(u64, u32)>,
+    /// The keydir changes of deferred records (see [`Inner::append`]),
+    /// made once the records are written: a reader must not find a
+    /// location the segment does not hold yet.
+    deferred: Vec<(Box<[u8]>, Change)>,
+}
+
+/// A keydir change waiting for its record to be written.
+enum Change {
+    Put(Loc),
+    /// A delete, with its sequence number.
+    Remove(u64),
+}
+
+impl Change {
+    fn apply(self, kd: &mut KeyDir, key: &[u8]) {
+        match self {
+            Change::Put(loc) => kd.put(key, loc),
+            Change::Remove(seq) => kd.remove(key, seq),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -123,6 +143,7 @@ impl HashStore {
                 lsn: 0,
                 buf: Vec::new(),
                 offsets: Vec::new(),
+                deferred: Vec::new(),
             }),
             durability: Durability::default(),
             merge_lock: Mutex::new(()),
@@ -152,8 +173,9 @@ impl Store for HashStore {
     }
 
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
-        let lsn = self.inner.append(batch)?;
-        if durable && self.inner.opts.sync == Sync::Always {
+        let sync = durable && self.inner.opts.sync == Sync::Always;
+        let lsn = self.inner.append(batch, sync)?;
+        if sync {
             self.inner.sync_to(lsn)?;
         }
         Ok(())
@@ -270,43 +292,61 @@ impl Inner {
 
     /// Appends a batch to the active segment and points the keydir at it.
     /// Returns the log position that must be synced for it to be durable.
-    fn append(&self, batch: &WriteBatch) -> Result<u64> {
+    /// Logs `batch` and points the keydir at its records; returns the log
+    /// position that makes it durable. With `defer` (the caller syncs
+    /// next) the records are held for the fsync's leader to write with the
+    /// group's, and the keydir learns of them then.
+    fn append(&self, batch: &WriteBatch, defer: bool) -> Result<u64> {
         let mut guard = self.writer.lock();
         self.durability.check_writable()?;
         let w = &mut *guard;
         let seq = w.next_seq;
         w.next_seq += 1;
         batch.encode(seq, &mut w.buf, &mut w.offsets);
-        if w.log.len() + w.buf.len() as u64 > self.opts.segment_size && !w.log.is_empty() {
+        if w.log.end() + w.buf.len() as u64 > self.opts.segment_size && !w.log.is_empty() {
             self.rotate(w)?;
         }
-        let base = match w.log.append(&w.buf) {
-            Ok(at) => at,
-            Err(e) => {
-                self.durability.poison(&e);
-                return Err(e);
-            }
-        };
-        w.lsn += w.buf.len() as u64;
-        w.active.set_size(w.log.len());
         let seg = w.active.id;
-        {
+        let change = |op: &Op, &(rel, len): &(u64, u32), base: u64| match op {
+            Op::Put { expires_at, .. } => {
+                Change::Put(Loc { seg, offset: base + rel, len, seq, expires_at: *expires_at })
+            }
+            Op::Delete { .. } => Change::Remove(seq),
+        };
+        if defer {
+            let base = w.log.defer(&w.buf);
+            let changes = batch.ops.iter().zip(&w.offsets).map(|(op, at)| (op.key().into(), change(op, at, base)));
+            w.deferred.extend(changes);
+        } else {
+            self.write_deferred(w)?;
+            let base = w.log.append(&w.buf).inspect_err(|e| self.durability.poison(e))?;
+            w.active.set_size(w.log.len());
             let mut kd = self.keydir.write();
-            for (op, &(rel, len)) in batch.ops.iter().zip(&w.offsets) {
-                match op {
-                    Op::Put { key, expires_at, .. } => {
-                        let loc = Loc { seg, offset: base + rel, len, seq, expires_at: *expires_at };
-                        kd.put(key, loc);
-                    }
-                    Op::Delete { key } => kd.remove(key, seq),
-                }
+            for (op, at) in batch.ops.iter().zip(&w.offsets) {
+                change(op, at, base).apply(&mut kd, op.key());
             }
         }
+        w.lsn += w.buf.len() as u64;
         let c = &self.counters;
         c.writes.fetch_add(1, Ordering::Relaxed);
         c.user_bytes.fetch_add(batch.size_bytes() as u64, Ordering::Relaxed);
         c.disk_bytes.fetch_add(w.buf.len() as u64, Ordering::Relaxed);
         Ok(w.lsn)
+    }
+
+    /// Writes the records deferred by writers waiting for an fsync, then
+    /// makes their keydir changes.
+    fn write_deferred(&self, w: &mut Writer) -> Result<()> {
+        if !w.log.has_deferred() {
+            return Ok(());
+        }
+        w.log.flush().inspect_err(|e| self.durability.poison(e))?;
+        w.active.set_size(w.log.len());
+        let mut kd = self.keydir.write();
+        for (key, change) in w.deferred.drain(..) {
+            change.apply(&mut kd, &key);
+        }
+        Ok(())
     }
 
     /// At a clean close (everything synced): writes a key table of every
@@ -362,6 +402,7 @@ impl Inner {
     /// Seals the active segment (synced, cut to its records) and starts
     /// the next generation's.
     fn rotate(&self, w: &mut Writer) -> Result<()> {
+        self.write_deferred(w)?;
         if let Err(e) = w.log.seal() {
             self.durability.poison(&e);
             return Err(e);
@@ -390,9 +431,10 @@ impl Inner {
     /// they were sealed.
     fn sync_to(&self, lsn: u64) -> Result<()> {
         self.durability.sync_to(lsn, || {
-            let w = self.writer.lock();
+            let mut w = self.writer.lock();
+            self.write_deferred(&mut w)?;
             let active = Arc::clone(&w.active);
-            (w.lsn, move || active.file().sync_data())
+            Ok((w.lsn, move || active.file().sync_data()))
         })
     }
 

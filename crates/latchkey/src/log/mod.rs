@@ -87,6 +87,9 @@ pub struct LogWriter {
     allocated: u64,
     /// Whether to grow the file ahead of appends.
     preallocate: bool,
+    /// Records held by [`LogWriter::defer`], not written yet: the next
+    /// append, flush, sync or seal writes them first.
+    deferred: Vec<u8>,
 }
 
 /// How far ahead a preallocating [`LogWriter`] grows its file.
@@ -99,7 +102,13 @@ impl LogWriter {
         let file = File::create_new(path)?;
         file.write_all_at(&file_header(kind), 0)?;
         file.sync_data()?;
-        Ok(LogWriter { file, len: FILE_HEADER_LEN, allocated: FILE_HEADER_LEN, preallocate: false })
+        Ok(LogWriter {
+            file,
+            len: FILE_HEADER_LEN,
+            allocated: FILE_HEADER_LEN,
+            preallocate: false,
+            deferred: Vec::new(),
+        })
     }
 
     /// Continues an existing log whose valid records end at `len` (anything
@@ -110,7 +119,7 @@ impl LogWriter {
             file.set_len(len)?;
             file.sync_all()?;
         }
-        Ok(LogWriter { file, len, allocated: len, preallocate: false })
+        Ok(LogWriter { file, len, allocated: len, preallocate: false, deferred: Vec::new() })
     }
 
     /// Makes later appends grow the file ahead of them (see the type's
@@ -121,8 +130,40 @@ impl LogWriter {
         self
     }
 
-    /// Appends `buf` (whole encoded records) and returns the offset it starts at.
+    /// Appends `buf` (whole encoded records) and returns the offset it
+    /// starts at. Deferred records go first, in the same write.
     pub fn append(&mut self, buf: &[u8]) -> Result<u64> {
+        if self.deferred.is_empty() {
+            return self.write(buf);
+        }
+        let at = self.defer(buf);
+        self.flush()?;
+        Ok(at)
+    }
+
+    /// Holds `buf` (whole encoded records) to be written by the next
+    /// append, flush, sync or seal, and returns the offset it will start
+    /// at. Writers that wait for an fsync anyway defer their records, so
+    /// the one that leads the fsync writes them all at once.
+    pub fn defer(&mut self, buf: &[u8]) -> u64 {
+        let at = self.end();
+        self.deferred.extend_from_slice(buf);
+        at
+    }
+
+    /// Writes the deferred records.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.deferred);
+        let written = self.write(&buf);
+        self.deferred = buf;
+        self.deferred.clear();
+        written.map(|_| ())
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<u64> {
         let at = self.len;
         let end = at + buf.len() as u64;
         if self.preallocate && end >= self.allocated {
@@ -137,15 +178,17 @@ impl LogWriter {
         Ok(at)
     }
 
-    /// Makes everything appended so far durable.
-    pub fn sync(&self) -> Result<()> {
+    /// Makes everything appended or deferred so far durable.
+    pub fn sync(&mut self) -> Result<()> {
+        self.flush()?;
         self.file.sync_data()
     }
 
-    /// Makes everything appended so far durable and cuts the file to its
-    /// records: for a log that will not be appended to again (it becomes a
-    /// sealed log, scanned strictly) or before a clean close.
+    /// Makes everything appended or deferred so far durable and cuts the
+    /// file to its records: for a log that will not be appended to again
+    /// (it becomes a sealed log, scanned strictly) or before a clean close.
     pub fn seal(&mut self) -> Result<()> {
+        self.flush()?;
         if self.allocated > self.len {
             self.file.set_len(self.len)?;
             self.allocated = self.len;
@@ -155,14 +198,25 @@ impl LogWriter {
         }
     }
 
-    /// Bytes of records in the file, header included.
+    /// Bytes of records written to the file, header included (deferred
+    /// records not counted).
     pub fn len(&self) -> u64 {
         self.len
     }
 
-    /// True when no record has been appended.
+    /// Where the next record goes: the written records and the deferred.
+    pub fn end(&self) -> u64 {
+        self.len + self.deferred.len() as u64
+    }
+
+    /// Whether records are deferred, not written yet.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// True when no record has been appended or deferred.
     pub fn is_empty(&self) -> bool {
-        self.len == FILE_HEADER_LEN
+        self.end() == FILE_HEADER_LEN
     }
 
     /// The file.
@@ -407,6 +461,29 @@ mod tests {
             Ok(())
         })?;
         Ok((keys, end))
+    }
+
+    /// Deferred records reach the file only with the next append, flush,
+    /// sync or seal, at the offsets `defer` gave, before the appended one.
+    #[test]
+    fn deferred_records_are_written_in_order_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wal");
+        let mut w = LogWriter::create(&path, FileKind::Wal).unwrap().preallocate();
+        let (r1, r2, r3) = (record(b"k1", b"one"), record(b"k2", b"two"), record(b"k3", b"three"));
+        let at1 = w.defer(&r1);
+        let at2 = w.defer(&r2);
+        assert_eq!((at1, at2), (FILE_HEADER_LEN, FILE_HEADER_LEN + r1.len() as u64));
+        assert_eq!((w.len(), w.end()), (FILE_HEADER_LEN, at2 + r2.len() as u64));
+        assert!(w.has_deferred() && !w.is_empty());
+        assert!(keys(&path, TailMode::Newest).unwrap().0.is_empty(), "deferred records written early");
+        let at3 = w.append(&r3).unwrap();
+        assert_eq!(at3, at2 + r2.len() as u64);
+        assert!(!w.has_deferred());
+        assert_eq!(keys(&path, TailMode::Newest).unwrap().0, [b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]);
+        w.defer(&r1);
+        w.seal().unwrap();
+        assert_eq!(keys(&path, TailMode::Sealed).unwrap().0.len(), 4, "seal must write what was deferred");
     }
 
     /// A preallocating writer leaves zeroes after its records until it is

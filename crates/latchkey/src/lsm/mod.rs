@@ -226,8 +226,9 @@ impl Store for LsmStore {
     }
 
     fn write(&self, batch: &WriteBatch, durable: bool) -> Result<()> {
-        let lsn = self.inner.append(batch)?;
-        if durable && self.inner.opts.sync == Sync::Always {
+        let sync = durable && self.inner.opts.sync == Sync::Always;
+        let lsn = self.inner.append(batch, sync)?;
+        if sync {
             self.inner.sync_to(lsn)?;
         }
         Ok(())
@@ -304,10 +305,16 @@ impl Inner {
     /// their memtable was sealed.
     fn sync_to(&self, lsn: u64) -> Result<()> {
         self.durability.sync_to(lsn, || {
-            let w = self.writer.lock();
+            let mut w = self.writer.lock();
+            self.write_deferred(&mut w)?;
             let log = Arc::clone(&w.wal_sync);
-            (w.lsn, move || log.sync_data())
+            Ok((w.lsn, move || log.sync_data()))
         })
+    }
+
+    /// Writes the log records deferred by writers waiting for an fsync.
+    fn write_deferred(&self, w: &mut Writer) -> Result<()> {
+        w.wal.flush().inspect_err(|e| self.poison(e))
     }
 
     fn wake(&self) {
@@ -372,7 +379,12 @@ impl Inner {
         }
     }
 
-    fn append(&self, batch: &WriteBatch) -> Result<u64> {
+    /// Logs and applies `batch`; returns the log position that makes it
+    /// durable. With `defer` (the caller syncs next) its record is held for
+    /// the fsync's leader to write with the group's (the memtable has the
+    /// batch at once: a reader may see a write before it is logged, as it
+    /// may see one before it is synced).
+    fn append(&self, batch: &WriteBatch, defer: bool) -> Result<u64> {
         self.wait_for_room()?;
         let mut guard = self.writer.lock();
         self.durability.check_writable()?;
@@ -380,7 +392,9 @@ impl Inner {
         let seq = w.next_seq;
         w.next_seq += 1;
         batch.encode(seq, &mut w.buf, &mut w.offsets);
-        if let Err(e) = w.wal.append(&w.buf) {
+        if defer {
+            w.wal.defer(&w.buf);
+        } else if let Err(e) = w.wal.append(&w.buf) {
             self.poison(&e);
             return Err(e);
         }
