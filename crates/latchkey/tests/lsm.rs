@@ -135,3 +135,29 @@ fn stalls_are_counted_and_missing_keys_skip_tables() {
     let probes = after.probes_per_get;
     assert!(probes < 0.2 + before.probes_per_get, "missing keys probed {probes} tables per get");
 }
+
+/// A full compaction leaves the tree as the background wants it: its
+/// output lands in a level whose target holds it all, so no background
+/// compaction follows it (one did, moving the output down a table at a
+/// time while the next workload ran).
+#[test]
+fn a_full_compaction_leaves_the_background_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    // Level 1 holds 32 KiB, level 2 320 KiB: ~130 KiB of live data fits
+    // only level 2.
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for round in 0..2u8 {
+        for i in 0..1_500u32 {
+            db.put(i.to_be_bytes(), [round; 80]).unwrap();
+        }
+    }
+    db.compact().unwrap();
+    let after = db.stats();
+    assert!(after.disk_bytes > 64 * 1024, "too little data to need level 2: {after}");
+    std::thread::sleep(std::time::Duration::from_millis(300)); // 30 background ticks
+    let later = db.stats();
+    assert_eq!(later.merges, after.merges, "the background compacted after a full compaction: {later}");
+    for i in 0..1_500u32 {
+        assert_eq!(db.get(i.to_be_bytes()).unwrap(), Some(vec![1u8; 80]));
+    }
+}

@@ -73,14 +73,26 @@ pub(crate) fn choose(v: &Version, p: &Policy) -> Option<Choice> {
 }
 
 /// A full compaction: every table into the deepest level in use (at least
-/// level 1), dropping every overwritten value, tombstone and expired value.
-pub(crate) fn choose_all(v: &Version) -> Option<Choice> {
+/// level 1), or deeper if that level's target cannot hold them all (so the
+/// background finds nothing to move down afterwards), dropping every
+/// overwritten value, tombstone and expired value.
+pub(crate) fn choose_all(v: &Version, p: &Policy) -> Option<Choice> {
     let inputs: Vec<u64> = v.tables().map(|(_, t)| t.id).collect();
     if inputs.is_empty() {
         return None;
     }
-    let to = (1..LEVELS).rev().find(|&l| !v.levels[l].is_empty()).unwrap_or(1);
-    Some(Choice { from: 0, to, inputs })
+    let deepest = (1..LEVELS).rev().find(|&l| !v.levels[l].is_empty()).unwrap_or(1);
+    let total: u64 = v.tables().map(|(_, t)| t.size).sum();
+    let mut target = p.base_level_bytes;
+    let mut fits = LEVELS - 1; // the last level has no target
+    for level in 1..LEVELS - 1 {
+        if total <= target {
+            fits = level;
+            break;
+        }
+        target = target.saturating_mul(10);
+    }
+    Some(Choice { from: 0, to: deepest.max(fits), inputs })
 }
 
 /// Merges `inputs` (newest data wins by sequence number) into new tables

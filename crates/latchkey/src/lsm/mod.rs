@@ -553,7 +553,7 @@ impl Inner {
         }
         while self.flush_one()? {}
         let v = Arc::clone(&self.state.read().version);
-        if let Some(choice) = compaction::choose_all(&v) {
+        if let Some(choice) = compaction::choose_all(&v, &self.policy()) {
             self.compact_once(&choice)?;
         }
         Ok(())
