@@ -263,6 +263,15 @@ pub fn work(args: &WorkerArgs) -> Result<Measured, String> {
         }
         _ => {
             let db = open()?;
+            if w.starts_with("sync-writes") {
+                // Work the open started (a merge or a compaction of what
+                // the earlier workloads left) and the kernel's write-back
+                // of the earlier workloads' files would share the disk with
+                // the fsyncs these measure: let both finish first.
+                db.settle()?;
+                // SAFETY: sync(2) takes no arguments and cannot fail.
+                unsafe { libc::sync() };
+            }
             cpu0 = rusage().0;
             measure(engine, w, &db, n, args.mixed_secs, &mut rng, &mut rows)?;
             if w == "space" {
