@@ -122,14 +122,20 @@ enum Command {
         /// of a library writer.
         #[arg(long)]
         server: bool,
+        /// Library writer threads, each with batches of its own: with more
+        /// than one, the kill lands while writers share fsyncs (group
+        /// commit). Not with --server.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        writers: u16,
     },
     /// (internal) The writer process of `torture`.
     #[command(hide = true)]
     TortureChild {
         #[arg(long)]
         engine: Engine,
-        #[arg(long)]
-        start: u64,
+        /// Each writer's first batch, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        start: Vec<u64>,
     },
 }
 
@@ -215,7 +221,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> latchkey::Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+    // Not locked for the whole run: the torture child's writer threads
+    // print to it.
+    let mut out = std::io::stdout();
     let w = |r: std::io::Result<()>| r.map_err(|e| latchkey::Error::Io { path: "<stdout>".into(), source: e });
     match &cli.command {
         Command::Put { key, value, ttl_ms } => {
@@ -270,15 +278,20 @@ fn run(cli: &Cli) -> latchkey::Result<ExitCode> {
             w(writeln!(out, "{}", db.stats()))?;
         }
         Command::Bench(b) => bench::run(b)?,
-        Command::Torture { engine, cycles, max_ms, server } => {
+        Command::Torture { engine, cycles, max_ms, server, writers } => {
             let ok = if *server {
+                if *writers > 1 {
+                    return Err(latchkey::Error::InvalidArgument(
+                        "--writers is for library writers, not --server".into(),
+                    ));
+                }
                 torture::run_server(*engine, *cycles, cli.dir.clone(), *max_ms)?
             } else {
-                torture::run(*engine, *cycles, cli.dir.clone(), *max_ms)?
+                torture::run(*engine, *cycles, cli.dir.clone(), *max_ms, usize::from(*writers))?
             };
             return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
         }
-        Command::TortureChild { engine, start } => torture::child(&cli.dir(), *engine, *start)?,
+        Command::TortureChild { engine, start } => torture::child(&cli.dir(), *engine, start)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,9 @@
 //! Batch `n` writes `k = 1 + n % 7` keys `b/<n>/<j>` and a marker `m/<n>`
 //! holding `k`, and deletes every key of batch `n - 20`. Small segments and
 //! memtables keep merges, flushes and compactions running when the kill
-//! lands.
+//! lands. With `--writers W` the child runs W threads, each with batches
+//! of its own (`b/<t>.<n>/<j>`, `m/<t>.<n>`), so their durable writes
+//! share fsyncs (group commit) when the kill lands; each is checked alone.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,15 @@ fn value_of(n: u64, j: u64) -> Vec<u8> {
     v
 }
 
+/// Batch `n` of writer `t`: its name in keys (`<n>` for a lone writer).
+fn batch_name(t: usize, n: u64, writers: usize) -> String {
+    if writers == 1 {
+        n.to_string()
+    } else {
+        format!("{t}.{n}")
+    }
+}
+
 fn torture_options(engine: Engine) -> Options {
     Options {
         sync: latchkey::Sync::Always,
@@ -48,43 +59,61 @@ fn torture_options(engine: Engine) -> Options {
     }
 }
 
-/// The child: write batches from `start` on, forever, reporting each ack.
-pub fn child(dir: &Path, engine: Engine, start: u64) -> latchkey::Result<()> {
-    use std::io::Write;
+/// The child: each of `starts.len()` writers writes its batches from its
+/// start on, forever, reporting each ack as `<writer> <batch>`.
+pub fn child(dir: &Path, engine: Engine, starts: &[u64]) -> latchkey::Result<()> {
     let db = Db::open(dir, torture_options(engine))?;
-    let mut out = std::io::stdout().lock();
-    for n in start.. {
-        let mut b = WriteBatch::new();
-        for j in 0..keys_of(n) {
-            b.put(format!("b/{n}/{j}"), value_of(n, j));
+    let writers = starts.len();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = starts
+            .iter()
+            .enumerate()
+            .map(|(t, &start)| {
+                let db = &db;
+                s.spawn(move || -> latchkey::Result<()> {
+                    use std::io::Write;
+                    for n in start.. {
+                        let name = |n| batch_name(t, n, writers);
+                        let mut b = WriteBatch::new();
+                        for j in 0..keys_of(n) {
+                            b.put(format!("b/{}/{j}", name(n)), value_of(n, j));
+                        }
+                        b.put(format!("m/{}", name(n)), keys_of(n).to_string());
+                        if let Some(old) = n.checked_sub(DELETE_LAG) {
+                            for j in 0..keys_of(old) {
+                                b.delete(format!("b/{}/{j}", name(old)));
+                            }
+                            b.delete(format!("m/{}", name(old)));
+                        }
+                        db.write(b)?;
+                        // Acknowledged: durable under Sync::Always.
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{t} {n}");
+                        let _ = out.flush();
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap_or(Ok(()))?;
         }
-        b.put(format!("m/{n}"), keys_of(n).to_string());
-        if let Some(old) = n.checked_sub(DELETE_LAG) {
-            for j in 0..keys_of(old) {
-                b.delete(format!("b/{old}/{j}"));
-            }
-            b.delete(format!("m/{old}"));
-        }
-        db.write(b)?;
-        // Acknowledged: durable under Sync::Always.
-        let _ = writeln!(out, "{n}");
-        let _ = out.flush();
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
-/// Whether batch `n` is wholly present (Some(true)), wholly absent
-/// (Some(false)), or in part (None).
-fn presence(db: &Db, n: u64) -> latchkey::Result<Option<bool>> {
+/// Whether batch `n` (named `name` in keys) is wholly present
+/// (Some(true)), wholly absent (Some(false)), or in part (None).
+fn presence(db: &Db, n: u64, name: &str) -> latchkey::Result<Option<bool>> {
     let mut found = 0;
     for j in 0..keys_of(n) {
-        match db.get(format!("b/{n}/{j}"))? {
+        match db.get(format!("b/{name}/{j}"))? {
             Some(v) if v == value_of(n, j) => found += 1,
             Some(_) => return Ok(None),
             None => {}
         }
     }
-    let marker = db.get(format!("m/{n}"))?;
+    let marker = db.get(format!("m/{name}"))?;
     let marker_ok = marker.as_deref() == Some(keys_of(n).to_string().as_bytes());
     Ok(match (found, marker_ok) {
         (0, false) if marker.is_none() => Some(false),
@@ -93,35 +122,45 @@ fn presence(db: &Db, n: u64) -> latchkey::Result<Option<bool>> {
     })
 }
 
-/// Checks the directory after a kill. `acked` is the last acknowledged
-/// batch (None if none yet); batch `acked + 1` may have been in flight.
-fn verify(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, String> {
+/// Checks the directory after a kill. `acked[t]` is writer `t`'s last
+/// acknowledged batch (None if none yet); its next batch may have been in
+/// flight. Returns where each writer goes on.
+fn verify(dir: &Path, engine: Engine, acked: &[Option<u64>]) -> Result<Vec<u64>, String> {
     let db = Db::open(dir, torture_options(engine)).map_err(|e| format!("reopen failed: {e}"))?;
-    let in_flight = acked.map_or(0, |a| a + 1);
-    let applied = presence(&db, in_flight).map_err(|e| e.to_string())?;
-    let Some(flight_applied) = applied else {
-        return Err(format!("batch {in_flight} (in flight at the kill) is there in part"));
-    };
-    // Batch n should be present iff it was applied and the batch deleting it was not.
-    let last_applied = if flight_applied { Some(in_flight) } else { acked };
-    let Some(last) = last_applied else { return Ok(0) };
-    let from = last.saturating_sub(DELETE_LAG + 5);
-    for n in from..=last + 3 {
-        let want = n <= last && n + DELETE_LAG > last;
-        match presence(&db, n).map_err(|e| e.to_string())? {
-            Some(p) if p == want => {}
-            Some(p) => {
-                return Err(format!(
-                "batch {n} is {} but should be {} (last acknowledged {acked:?}, in-flight applied: {flight_applied})",
-                if p { "present" } else { "absent" },
-                if want { "present" } else { "absent" }
-            ))
+    let writers = acked.len();
+    let mut next = Vec::with_capacity(writers);
+    for (t, &acked) in acked.iter().enumerate() {
+        let who = if writers == 1 { String::new() } else { format!("writer {t}: ") };
+        let present = |n: u64| presence(&db, n, &batch_name(t, n, writers)).map_err(|e| e.to_string());
+        let in_flight = acked.map_or(0, |a| a + 1);
+        let Some(flight_applied) = present(in_flight)? else {
+            return Err(format!("{who}batch {in_flight} (in flight at the kill) is there in part"));
+        };
+        // Batch n should be present iff it was applied and the batch deleting it was not.
+        let last_applied = if flight_applied { Some(in_flight) } else { acked };
+        let Some(last) = last_applied else {
+            next.push(0);
+            continue;
+        };
+        let from = last.saturating_sub(DELETE_LAG + 5);
+        for n in from..=last + 3 {
+            let want = n <= last && n + DELETE_LAG > last;
+            match present(n)? {
+                Some(p) if p == want => {}
+                Some(p) => {
+                    return Err(format!(
+                        "{who}batch {n} is {} but should be {} (last acknowledged {acked:?}, in-flight applied: {flight_applied})",
+                        if p { "present" } else { "absent" },
+                        if want { "present" } else { "absent" }
+                    ))
+                }
+                None => return Err(format!("{who}batch {n} is there in part")),
             }
-            None => return Err(format!("batch {n} is there in part")),
         }
+        next.push(last + 1);
     }
     close_and_check(db, dir)?;
-    Ok(last + 1)
+    Ok(next)
 }
 
 /// Closes the reopened store and runs `check` on it.
@@ -151,17 +190,19 @@ fn report_clean(what: &str, cycles: u64, acked: u64, started: Instant, dir: &Pat
     true
 }
 
-/// The parent: `cycles` kills at random moments.
-pub fn run(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64) -> latchkey::Result<bool> {
+/// The parent: `cycles` kills at random moments of `writers` writers.
+pub fn run(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64, writers: usize) -> latchkey::Result<bool> {
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("latchkey-torture-{}", std::process::id())));
     let exe = std::env::current_exe().map_err(|e| latchkey::Error::Io { path: "<current exe>".into(), source: e })?;
     let mut rng = rand::rngs::SmallRng::from_entropy();
-    let mut next = 0u64;
+    let writers = writers.max(1);
+    let mut next = vec![0u64; writers];
     let started = Instant::now();
     let mut total_acked = 0u64;
     for cycle in 0..cycles {
+        let starts: Vec<String> = next.iter().map(|n| n.to_string()).collect();
         let mut child = Command::new(&exe)
-            .args(["torture-child", "--engine", engine.name(), "--start", &next.to_string(), "--dir"])
+            .args(["torture-child", "--engine", engine.name(), "--start", &starts.join(","), "--dir"])
             .arg(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -169,11 +210,13 @@ pub fn run(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64) -> la
             .map_err(|e| latchkey::Error::Io { path: exe.clone(), source: e })?;
         let stdout = child.stdout.take().expect("piped");
         let reader = std::thread::spawn(move || {
-            let mut last = None;
+            let mut last: Vec<Option<u64>> = vec![None; writers];
             for line in BufReader::new(stdout).lines() {
-                match line.ok().and_then(|l| l.trim().parse::<u64>().ok()) {
-                    Some(n) => last = Some(n),
-                    None => break,
+                let Ok(line) = line else { break };
+                let mut parts = line.split_whitespace().map(str::parse::<u64>);
+                match (parts.next(), parts.next()) {
+                    (Some(Ok(t)), Some(Ok(n))) if (t as usize) < writers => last[t as usize] = Some(n),
+                    _ => break,
                 }
             }
             last
@@ -181,14 +224,18 @@ pub fn run(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64) -> la
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..max_ms.max(21))));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let acked = reader.join().unwrap_or(None).or(next.checked_sub(1));
-        total_acked += acked.map_or(0, |a| a + 1).saturating_sub(next);
-        match verify(&dir, engine, acked) {
+        let reported = reader.join().unwrap_or_else(|_| vec![None; writers]);
+        let acked: Vec<Option<u64>> =
+            reported.iter().zip(&next).map(|(last, &start)| last.or(start.checked_sub(1))).collect();
+        total_acked +=
+            acked.iter().zip(&next).map(|(a, &start)| a.map_or(0, |a| a + 1).saturating_sub(start)).sum::<u64>();
+        match verify(&dir, engine, &acked) {
             Ok(n) => next = n,
             Err(e) => return Ok(report_loss(cycle, &e, &dir)),
         }
     }
-    Ok(report_clean(&engine.to_string(), cycles, total_acked, started, &dir))
+    let what = if writers == 1 { engine.to_string() } else { format!("{engine}, {writers} writers") };
+    Ok(report_clean(&what, cycles, total_acked, started, &dir))
 }
 
 /// Talks RESP to the server just enough to send commands and read replies.
@@ -290,13 +337,13 @@ pub fn run_server(engine: Engine, cycles: u64, dir: Option<PathBuf>, max_ms: u64
 fn verify_server(dir: &Path, engine: Engine, acked: Option<u64>) -> Result<u64, String> {
     let db = Db::open(dir, Options::new(engine)).map_err(|e| format!("reopen failed: {e}"))?;
     let in_flight = acked.map_or(0, |a| a + 1);
-    let Some(flight_applied) = presence(&db, in_flight).map_err(|e| e.to_string())? else {
+    let Some(flight_applied) = presence(&db, in_flight, &in_flight.to_string()).map_err(|e| e.to_string())? else {
         return Err(format!("batch {in_flight} (in flight at the kill) is there in part"));
     };
     let last = if flight_applied { Some(in_flight) } else { acked };
     for n in 0..=last.map_or(0, |l| l + 2) {
         let want = last.is_some_and(|l| n <= l);
-        match presence(&db, n).map_err(|e| e.to_string())? {
+        match presence(&db, n, &n.to_string()).map_err(|e| e.to_string())? {
             Some(p) if p == want => {}
             Some(p) => {
                 return Err(format!(
