@@ -224,7 +224,8 @@ impl LogWriter {
         &self.file
     }
 
-    /// Gives up the writer, keeping the file open for reads.
+    /// Gives up the writer, keeping the file open for reads. Records still
+    /// deferred are dropped: [`LogWriter::flush`] first to keep them.
     pub fn into_file(self) -> File {
         self.file
     }
