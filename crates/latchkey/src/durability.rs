@@ -161,10 +161,16 @@ impl Durability {
 
     /// Sleeps until the fsync being led now has ended.
     fn sleep(&self, mut group: MutexGuard<'_, Group>) {
-        let round = self.rounds.load(Ordering::Acquire);
-        group.sleepers.push(std::thread::current());
+        let round = self.enlist(&mut group);
         drop(group);
         self.wait_round(round);
+    }
+
+    /// Adds this thread to the sleepers the end of the current round wakes;
+    /// returns the round.
+    fn enlist(&self, group: &mut Group) -> u64 {
+        group.sleepers.push(std::thread::current());
+        self.rounds.load(Ordering::Acquire)
     }
 
     fn wait_round(&self, round: u64) {
@@ -185,8 +191,7 @@ impl Durability {
         let until = Instant::now() + group.last_fsync.clamp(GATHER_MIN, GATHER_MAX);
         group.gathering = true;
         group.gather_target = target;
-        let round = self.rounds.load(Ordering::Acquire);
-        group.sleepers.push(std::thread::current());
+        let round = self.enlist(&mut group);
         drop(group);
         loop {
             if self.rounds.load(Ordering::Acquire) != round {

@@ -318,10 +318,7 @@ impl Inner {
     /// Writes the log records deferred by writers waiting for an fsync,
     /// and publishes the position after them.
     fn write_deferred(&self, w: &mut Writer) -> Result<()> {
-        if let Err(e) = w.wal.flush() {
-            self.poison(&e);
-            return Err(e);
-        }
+        w.wal.flush().inspect_err(|e| self.poison(e))?;
         self.published_lsn.store(w.lsn, Ordering::Release);
         self.log_bytes.store(w.wal.len(), Ordering::Relaxed);
         Ok(())

@@ -290,8 +290,6 @@ impl Inner {
         Iter::new(Box::new(items.into_iter().map(read)))
     }
 
-    /// Appends a batch to the active segment and points the keydir at it.
-    /// Returns the log position that must be synced for it to be durable.
     /// Logs `batch` and points the keydir at its records; returns the log
     /// position that makes it durable. With `defer` (the caller syncs
     /// next) the records are held for the fsync's leader to write with the
