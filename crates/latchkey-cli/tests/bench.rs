@@ -16,7 +16,7 @@ fn bench_workloads_measures_every_workload_of_every_engine() {
     let tmp = tempfile::tempdir().unwrap();
     let (out_json, charts) = (tmp.path().join("r.json"), tmp.path().join("charts"));
     let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["bench", "workloads", "--n", "3000", "--mixed-secs", "1", "--json"])
+        .args(["bench", "workloads", "--n", "3000", "--mixed-secs", "1", "--rounds", "2", "--json"])
         .arg(&out_json)
         .arg("--charts")
         .arg(&charts)
@@ -24,8 +24,16 @@ fn bench_workloads_measures_every_workload_of_every_engine() {
         .arg(tmp.path().join("work"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The repeatable workloads ran twice each, the others once.
+    for w in ["reopen", "readrandom", "sync-writes", "sync-writes-8t"] {
+        let line = format!("latchkey-lsm {w:<18}");
+        let rounds = stderr.lines().filter(|l| l.trim_start().starts_with(&line)).collect::<Vec<_>>();
+        assert!(rounds.len() == 2 && rounds[1].ends_with("(round 2/2)"), "{w}: {rounds:?}");
+    }
+    let fills = stderr.lines().filter(|l| l.trim_start().starts_with("latchkey-lsm fillrandom ")).count();
+    assert_eq!(fills, 1, "{stderr}");
     let doc = json(&out_json);
     for engine in ["latchkey-hash", "latchkey-lsm", "latchkey-btree"] {
         let e = &doc["engines"][engine];
