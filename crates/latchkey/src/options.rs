@@ -95,8 +95,8 @@ pub struct Options {
     /// `lsm`: writers wait while this many full memtables await a flush.
     pub max_immutable_memtables: usize,
     /// `lsm` and `hash`: bytes of blocks kept in memory (lsm: table data
-    /// blocks; hash: 32 KiB blocks of sealed segments, so hot values are read
-    /// without a system call).
+    /// blocks; hash: 8 KiB blocks of sealed segments and full blocks of the
+    /// active one, so hot values are read without a system call).
     pub block_cache_size: usize,
     /// `lsm`: compaction writes tables of about this many bytes.
     pub target_file_size: u64,
