@@ -83,7 +83,7 @@ pub(crate) type SegmentCache = crate::cache::BlockCache<[u8]>;
 /// when the live records are spread over more segment bytes than the
 /// cache holds (a server between merges), every miss costs this copy. 8 KiB
 /// (32 KiB before session 9): `latchkey serve` GET -P16 on such a store
-/// went from a median of 357k to 418k requests/s; a store that fits the
+/// went from a median of 350k to 436k requests/s; a store that fits the
 /// cache pays four reads where it paid one while it warms up.
 pub(crate) const CACHE_BLOCK: u64 = 8 << 10;
 
