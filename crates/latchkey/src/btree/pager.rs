@@ -24,10 +24,26 @@ use super::page;
 use crate::error::Result;
 use crate::fs::File;
 
-/// A page in memory.
-pub(crate) type Latch = Arc<RwLock<Box<[u8]>>>;
-pub(crate) type ReadGuard = ArcRwLockReadGuard<RawRwLock, Box<[u8]>>;
-pub(crate) type WriteGuard = ArcRwLockWriteGuard<RawRwLock, Box<[u8]>>;
+/// A page in memory. Its bytes share one allocation with the reference
+/// count and the latch, so a cold page costs one miss for the latch and
+/// the page's first bytes, not one for each.
+pub(crate) type Latch = Arc<RwLock<[u8]>>;
+pub(crate) type ReadGuard = ArcRwLockReadGuard<RawRwLock, [u8]>;
+pub(crate) type WriteGuard = ArcRwLockWriteGuard<RawRwLock, [u8]>;
+
+/// A zeroed frame of `page_size` bytes (a power of two from
+/// [`page::MIN_PAGE_SIZE`] to [`page::MAX_PAGE_SIZE`], checked at open).
+fn new_frame(page_size: usize) -> Latch {
+    match page_size {
+        1024 => Arc::new(RwLock::new([0u8; 1024])),
+        2048 => Arc::new(RwLock::new([0u8; 2048])),
+        4096 => Arc::new(RwLock::new([0u8; 4096])),
+        8192 => Arc::new(RwLock::new([0u8; 8192])),
+        16384 => Arc::new(RwLock::new([0u8; 16384])),
+        32768 => Arc::new(RwLock::new([0u8; 32768])),
+        other => unreachable!("page size {other} passed the checks at open"),
+    }
+}
 
 struct Slot {
     latch: Latch,
@@ -104,24 +120,27 @@ impl Pager {
             }
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let mut buf = spare.unwrap_or_else(|| vec![0u8; self.page_size].into_boxed_slice());
-        self.file.read_exact_at(&mut buf, id as u64 * self.page_size as u64)?;
-        page::verify(&buf, id).map_err(|r| page::damaged(self.path(), id, self.page_size, r))?;
+        let frame = spare.unwrap_or_else(|| new_frame(self.page_size));
+        {
+            // No one else has the frame yet: the latch is uncontended.
+            let mut buf = frame.write();
+            self.file.read_exact_at(&mut buf, id as u64 * self.page_size as u64)?;
+            page::verify(&buf, id).map_err(|r| page::damaged(self.path(), id, self.page_size, r))?;
+        }
         // Unless another thread got there first.
         let mut shard = self.shard(id).lock();
         if let Some(slot) = shard.frames.get(&id) {
             return Ok(Arc::clone(&slot.latch));
         }
-        Ok(self.add_frame(&mut shard, id, buf, ring))
+        Ok(self.add_frame(&mut shard, id, frame, ring))
     }
 
     /// Adds a frame to a shard (to its clock, or to its scans' ring),
     /// evicting one first if the shard is full.
-    fn add_frame(&self, shard: &mut Shard, id: u32, buf: Box<[u8]>, ring: bool) -> Latch {
+    fn add_frame(&self, shard: &mut Shard, id: u32, latch: Latch, ring: bool) -> Latch {
         if shard.frames.len() >= self.per_shard {
             evict(shard);
         }
-        let latch = Arc::new(RwLock::new(buf));
         shard.frames.insert(id, Slot { latch: Arc::clone(&latch), referenced: AtomicBool::new(false) });
         if ring {
             shard.ring.push_back(id);
@@ -146,12 +165,12 @@ impl Pager {
 
     /// A new page that was never on disk (the file grows at a checkpoint).
     pub fn create(&self, id: u32) -> Latch {
-        let mut buf = vec![0u8; self.page_size].into_boxed_slice();
-        buf[16..20].copy_from_slice(&id.to_le_bytes());
+        let frame = new_frame(self.page_size);
+        frame.write()[16..20].copy_from_slice(&id.to_le_bytes());
         let mut shard = self.shard(id).lock();
         shard.frames.remove(&id);
         shard.ring.retain(|&r| r != id);
-        self.add_frame(&mut shard, id, buf, false)
+        self.add_frame(&mut shard, id, frame, false)
     }
 
     /// Frames in the pool now.
@@ -169,15 +188,14 @@ impl Pager {
 /// Takes the ring's oldest page out of the pool and returns its memory,
 /// unless someone holds it or used it since the scan did: then it stays,
 /// as an ordinary frame of the clock.
-fn recycle(shard: &mut Shard) -> Option<Box<[u8]>> {
+fn recycle(shard: &mut Shard) -> Option<Latch> {
     let id = shard.ring.pop_front()?;
     let slot = shard.frames.get(&id)?;
     if slot.referenced.load(Ordering::Relaxed) || Arc::strong_count(&slot.latch) > 1 {
         shard.clock.push_back(id);
         return None;
     }
-    let slot = shard.frames.remove(&id)?;
-    Arc::try_unwrap(slot.latch).ok().map(RwLock::into_inner)
+    shard.frames.remove(&id).map(|slot| slot.latch)
 }
 
 /// Second chance: skip frames someone holds or used since the last pass.
