@@ -37,6 +37,19 @@ pub(crate) struct Policy {
     pub(crate) base_level_bytes: u64,
 }
 
+impl Policy {
+    /// The levels 1.. that have a size target, each with its target
+    /// (`base_level_bytes * 10^(level-1)`); the last level has none.
+    fn targets(&self) -> impl Iterator<Item = (usize, u64)> {
+        let base = self.base_level_bytes;
+        (1..LEVELS - 1).scan(base, |target, level| {
+            let t = *target;
+            *target = t.saturating_mul(10);
+            Some((level, t))
+        })
+    }
+}
+
 fn overlapping(tables: &[Arc<Table>], lo: &[u8], hi: &[u8]) -> Vec<u64> {
     tables.iter().filter(|t| t.overlaps(lo, hi)).map(|t| t.id).collect()
 }
@@ -57,19 +70,13 @@ pub(crate) fn choose(v: &Version, p: &Policy) -> Option<Choice> {
         inputs.extend(overlapping(&v.levels[1], &lo, &hi));
         return Some(Choice { from: 0, to: 1, inputs });
     }
-    let mut target = p.base_level_bytes;
-    for level in 1..LEVELS - 1 {
-        if v.level_bytes(level) > target {
-            // The table with the largest keys moves down first, so that a
-            // sequential load flows down in order.
-            let t = v.levels[level].last()?;
-            let mut inputs = vec![t.id];
-            inputs.extend(overlapping(&v.levels[level + 1], &t.smallest, &t.largest));
-            return Some(Choice { from: level, to: level + 1, inputs });
-        }
-        target = target.saturating_mul(10);
-    }
-    None
+    let (level, _) = p.targets().find(|&(level, target)| v.level_bytes(level) > target)?;
+    // The table with the largest keys moves down first, so that a
+    // sequential load flows down in order.
+    let t = v.levels[level].last()?;
+    let mut inputs = vec![t.id];
+    inputs.extend(overlapping(&v.levels[level + 1], &t.smallest, &t.largest));
+    Some(Choice { from: level, to: level + 1, inputs })
 }
 
 /// A full compaction: every table into the deepest level in use (at least
@@ -83,15 +90,8 @@ pub(crate) fn choose_all(v: &Version, p: &Policy) -> Option<Choice> {
     }
     let deepest = (1..LEVELS).rev().find(|&l| !v.levels[l].is_empty()).unwrap_or(1);
     let total: u64 = v.tables().map(|(_, t)| t.size).sum();
-    let mut target = p.base_level_bytes;
-    let mut fits = LEVELS - 1; // the last level has no target
-    for level in 1..LEVELS - 1 {
-        if total <= target {
-            fits = level;
-            break;
-        }
-        target = target.saturating_mul(10);
-    }
+    // The last level has no target: it holds whatever no other level can.
+    let fits = p.targets().find(|&(_, target)| total <= target).map_or(LEVELS - 1, |(level, _)| level);
     Some(Choice { from: 0, to: deepest.max(fits), inputs })
 }
 
