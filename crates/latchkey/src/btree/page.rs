@@ -302,14 +302,30 @@ impl LeafCell {
 /// free space between the slots and the cells holds it. The cells stay
 /// packed, so `used` stays exact.
 pub(crate) fn insert_leaf_cell(p: &mut [u8], i: usize, cell: &LeafCell) -> bool {
+    insert_cell(p, i, cell.size() - 2, |c| cell.write(c))
+}
+
+/// Inserts the separator `key` with its `child` as cell `i` of an internal
+/// node without rewriting the page, if the free space holds it (as
+/// [`insert_leaf_cell`] does for a leaf).
+pub(crate) fn insert_internal_cell(p: &mut [u8], i: usize, key: &[u8], child: u32) -> bool {
+    insert_cell(p, i, INTERNAL_CELL_HEADER + key.len(), |c| {
+        c[0..2].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        c[2..6].copy_from_slice(&child.to_le_bytes());
+        c[INTERNAL_CELL_HEADER..].copy_from_slice(key);
+    })
+}
+
+/// Puts a cell of `len` bytes (written by `write`) just below the cells
+/// and its slot at `i`, if there is room for both.
+fn insert_cell(p: &mut [u8], i: usize, len: usize, write: impl FnOnce(&mut [u8])) -> bool {
     let n = nslots(p);
     let start = u16_at(p, 28);
-    let len = cell.size() - 2;
     if HEADER + 2 * (n + 1) + len > start {
         return false;
     }
     let at = start - len;
-    cell.write(&mut p[at..start]);
+    write(&mut p[at..start]);
     p.copy_within(HEADER + 2 * i..HEADER + 2 * n, HEADER + 2 * i + 2);
     p[HEADER + 2 * i..HEADER + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
     p[6..8].copy_from_slice(&((n + 1) as u16).to_le_bytes());
@@ -667,6 +683,30 @@ mod tests {
         assert!(verify(&p, 4).is_ok());
         let big = cell(b"z", &[0u8; 1000]);
         assert!(!insert_leaf_cell(&mut p, 5, &big), "no room: the caller splits");
+    }
+
+    #[test]
+    fn in_place_separator_inserts_match_a_rewrite() {
+        let mut p = vec![0u8; 256];
+        p[16..20].copy_from_slice(&6u32.to_le_bytes());
+        let mut cells = vec![(b"f".to_vec(), 11), (b"p".to_vec(), 12)];
+        Node::Internal { first: 10, cells: cells.clone() }.encode(&mut p);
+        for (k, i, child) in [(&b"a"[..], 0, 20), (b"k", 2, 21), (b"z", 4, 22)] {
+            assert!(insert_internal_cell(&mut p, i, k, child));
+            cells.insert(i, (k.to_vec(), child));
+            let model = Node::Internal { first: 10, cells: cells.clone() };
+            assert_eq!(Node::decode(&p), model);
+            assert_eq!(used(&p), model.size());
+        }
+        assert_eq!(child_for(&p, b"l"), 21);
+        assert_eq!(child_for(&p, b"zz"), 22);
+        assert!(repack(&mut p));
+        seal(&mut p);
+        assert_eq!(verify(&p, 6), Ok(PageType::Internal));
+        while free_space(&p) >= internal_size(b"q") {
+            assert!(insert_internal_cell(&mut p, 0, b"q", 1));
+        }
+        assert!(!insert_internal_cell(&mut p, 0, b"q", 1), "no room: the caller splits");
     }
 
     #[test]

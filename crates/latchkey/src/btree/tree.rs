@@ -248,11 +248,21 @@ impl Inner {
                 w.meta.height += 1;
                 return Ok(());
             };
-            let mut node = Node::decode(&g);
-            let Node::Internal { cells, .. } = &mut node else {
+            if page::page_type(&g) != Some(PageType::Internal) {
                 return Err(self.corrupt(page::page_id(&g), "a parent that is not an internal node"));
-            };
-            let i = cells.partition_point(|(k, _)| k.as_slice() < sep.as_slice());
+            }
+            // Separators are distinct: `sep` goes before the first above it.
+            let i = page::search(&g, &sep).unwrap_or_else(|i| i);
+            // Fast path: room in the node for one more cell.
+            if page::free_space(&g) >= page::internal_size(&sep) {
+                self.touch(w, &mut g);
+                let added = page::insert_internal_cell(&mut g, i, &sep, child);
+                debug_assert!(added, "free space was checked");
+                w.meta.used_bytes += page::internal_size(&sep) as u64;
+                return Ok(());
+            }
+            let mut node = Node::decode(&g);
+            let Node::Internal { cells, .. } = &mut node else { unreachable!("checked above") };
             cells.insert(i, (sep, child));
             if node.size() <= self.limits.page_size {
                 self.write_node(w, &mut g, &node);
