@@ -26,12 +26,18 @@ fn bench_workloads_measures_every_workload_of_every_engine() {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    // The repeatable workloads ran twice each, the others once.
-    for w in ["reopen", "readrandom", "sync-writes", "sync-writes-8t"] {
+    // The repeatable workloads ran twice each, the others once; the
+    // counter's rounds came after both rounds of the readers, not between.
+    let at = |w: &str| -> Vec<usize> {
         let line = format!("latchkey-lsm {w:<18}");
-        let rounds = stderr.lines().filter(|l| l.trim_start().starts_with(&line)).collect::<Vec<_>>();
-        assert!(rounds.len() == 2 && rounds[1].ends_with("(round 2/2)"), "{w}: {rounds:?}");
+        (stderr.lines().enumerate()).filter(|(_, l)| l.trim_start().starts_with(&line)).map(|(i, _)| i).collect()
+    };
+    for w in ["reopen", "readrandom", "overwrite-counter", "sync-writes", "sync-writes-8t"] {
+        let rounds = at(w);
+        let last = stderr.lines().nth(rounds[rounds.len() - 1]).unwrap_or_default();
+        assert!(rounds.len() == 2 && last.ends_with("(round 2/2)"), "{w}: {rounds:?}\n{stderr}");
     }
+    assert!(at("scan")[1] < at("overwrite-counter")[0], "{stderr}");
     let fills = stderr.lines().filter(|l| l.trim_start().starts_with("latchkey-lsm fillrandom ")).count();
     assert_eq!(fills, 1, "{stderr}");
     let doc = json(&out_json);
