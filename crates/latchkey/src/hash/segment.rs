@@ -109,8 +109,10 @@ impl Segment {
         let start = i * CACHE_BLOCK;
         let len = CACHE_BLOCK.min(self.size().saturating_sub(start)) as usize;
         // An evicted block of the same size is refilled rather than a new
-        // one allocated (and its pages faulted in).
-        let mut block = cache.spare(key).filter(|b| b.len() == len).unwrap_or_else(|| Arc::from(vec![0u8; len]));
+        // one allocated (and its pages faulted in). A new one is allocated
+        // once, in place (`Arc::from(vec![..])` would allocate twice and copy).
+        let zeroed = || (0..len).map(|_| 0u8).collect::<Arc<[u8]>>();
+        let mut block = cache.spare(key).filter(|b| b.len() == len).unwrap_or_else(zeroed);
         match Arc::get_mut(&mut block) {
             Some(buf) => self.file.read_exact_at(buf, start)?,
             None => {
