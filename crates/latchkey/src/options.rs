@@ -70,6 +70,16 @@ pub enum Sync {
     Never,
 }
 
+impl Sync {
+    /// The interval of [`Sync::Interval`], if that is the policy.
+    pub(crate) fn interval(self) -> Option<Duration> {
+        match self {
+            Sync::Interval(ms) => Some(Duration::from_millis(ms)),
+            _ => None,
+        }
+    }
+}
+
 /// Options for [`Db::open`](crate::Db::open).
 #[derive(Debug, Clone)]
 pub struct Options {
