@@ -22,9 +22,14 @@ impl Background {
         dir: &Path,
         work: impl FnOnce(mpsc::Receiver<()>) + Send + 'static,
     ) -> Result<Self> {
-        let b = Background(Mutex::new(Vec::new()));
+        let b = Background::none();
         b.add(name, dir, work)?;
         Ok(b)
+    }
+
+    /// No threads yet (see [`Background::with_interval_syncs`]).
+    pub(crate) fn none() -> Self {
+        Background(Mutex::new(Vec::new()))
     }
 
     fn add(&self, name: &str, dir: &Path, work: impl FnOnce(mpsc::Receiver<()>) + Send + 'static) -> Result<()> {
@@ -57,6 +62,12 @@ impl Background {
             })?;
         }
         Ok(self)
+    }
+
+    /// How many threads run.
+    #[cfg(test)]
+    pub(crate) fn threads(&self) -> usize {
+        self.0.lock().len()
     }
 
     /// Tells the threads to stop, calls `wake` (to end a wait one may be

@@ -110,6 +110,19 @@ impl Durability {
         result
     }
 
+    /// One sync of `Sync::Interval` (`sync_all` makes everything written
+    /// durable): skipped once poisoned (what reached the disk is unknown,
+    /// and a failed fsync is never retried); a failure is counted in
+    /// `errors`.
+    pub(crate) fn interval_sync(&self, sync_all: impl FnOnce() -> Result<()>, errors: &AtomicU64) -> Result<()> {
+        if self.is_poisoned() {
+            return Ok(());
+        }
+        sync_all().inspect_err(|_| {
+            errors.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
     /// Everything up to `lsn` is durable (a sealed log was fsynced).
     pub(crate) fn mark_synced(&self, lsn: u64) {
         self.synced_lsn.fetch_max(lsn, Ordering::AcqRel);

@@ -40,10 +40,10 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Mutex, RwLock};
 
 use crate::background::Background;
 use crate::batch::{Op, WriteBatch};
@@ -138,7 +138,6 @@ pub(crate) struct Inner {
     /// is a read handle of the active log, fsynced outside the writer lock.)
     published_lsn: AtomicU64,
     published_wal: Mutex<Arc<File>>,
-    work: (Mutex<bool>, Condvar),
     _lock: DirLock,
 }
 
@@ -183,7 +182,6 @@ impl BtreeStore {
             log_bytes: AtomicU64::new(0),
             published_lsn: AtomicU64::new(0),
             published_wal: Mutex::new(wal_sync),
-            work: (Mutex::new(false), Condvar::new()),
             opts,
             _lock: lock,
         });
@@ -204,8 +202,15 @@ impl BtreeStore {
             ms = started.elapsed().as_millis() as u64,
             "btree engine opened"
         );
-        let bg = Arc::clone(&inner);
-        let background = Background::spawn("latchkey-btree-bg", dir, move |stop| bg.background(stop))?;
+        // Only `Sync::Interval` needs a thread: the tree has no background
+        // work of its own (checkpoints run in the writer that fills the log).
+        let syncs = Arc::clone(&inner);
+        let background = Background::none().with_interval_syncs(
+            "latchkey-btree-sync",
+            dir,
+            inner.opts.sync.interval(),
+            move || syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors),
+        )?;
         Ok(BtreeStore { inner, background })
     }
 }
@@ -268,7 +273,7 @@ impl Store for BtreeStore {
     fn close(&self) -> Result<()> {
         let inner = &self.inner;
         inner.durability.close(
-            || self.background.stop(|| inner.wake()),
+            || self.background.stop(|| {}),
             || {
                 let mut w = inner.writer.lock();
                 inner.checkpoint(&mut w)?;
@@ -280,7 +285,7 @@ impl Store for BtreeStore {
 
     fn crash(&self) {
         let inner = &self.inner;
-        let _ = inner.durability.close(|| self.background.stop(|| inner.wake()), || Ok(()));
+        let _ = inner.durability.close(|| self.background.stop(|| {}), || Ok(()));
     }
 
     fn active_log(&self) -> Option<(PathBuf, u64)> {
@@ -292,11 +297,6 @@ impl Store for BtreeStore {
 impl Inner {
     fn poison(&self, e: &Error) {
         self.durability.poison(e);
-    }
-
-    fn wake(&self) {
-        *self.work.0.lock() = true;
-        self.work.1.notify_all();
     }
 
     fn sync_all(&self) -> Result<()> {
@@ -571,30 +571,6 @@ impl Inner {
                 Some(k) => from = Bound::Excluded(k),
                 None => return Ok(()),
             }
-        }
-    }
-
-    fn background(&self, stop: mpsc::Receiver<()>) {
-        let sync_every = match self.opts.sync {
-            Sync::Interval(ms) => Some(Duration::from_millis(ms)),
-            _ => None,
-        };
-        let tick = sync_every.unwrap_or(self.opts.background_interval);
-        loop {
-            if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-                return;
-            }
-            if sync_every.is_some() && !self.durability.is_poisoned() {
-                if let Err(e) = self.sync_all() {
-                    self.counters.background_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e, "interval sync failed");
-                }
-            }
-            let mut woken = self.work.0.lock();
-            if !*woken {
-                self.work.1.wait_for(&mut woken, tick);
-            }
-            *woken = false;
         }
     }
 
@@ -922,6 +898,28 @@ pub(crate) fn exercise_page_for_fuzzing(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under `Sync::Interval` a write is fsynced soon without a call to
+    /// `sync`, even while the writer lock is held (the sync thread reads
+    /// the published log position instead); other policies start no
+    /// thread at all.
+    #[test]
+    fn interval_syncs_run_on_a_thread_only_under_sync_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options { sync: Sync::Interval(20), ..Options::new(crate::Engine::Btree) };
+        let store = BtreeStore::open(dir.path(), opts).unwrap();
+        assert_eq!(store.background.threads(), 1);
+        let synced = crate::background::synced_soon_after(&store.inner.durability.syncs, || {
+            store.write(WriteBatch::new().put("k", "v"), false).unwrap()
+        });
+        assert!(synced, "no interval sync within 2 s");
+        drop(store);
+        for sync in [Sync::Always, Sync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = BtreeStore::open(dir.path(), Options { sync, ..Options::new(crate::Engine::Btree) }).unwrap();
+            assert_eq!(store.background.threads(), 0, "{sync:?}");
+        }
+    }
 
     /// Scans load their leaves into the pool's ring (the descent's last
     /// page too), so scans over a whole cold tree leave the pool holding

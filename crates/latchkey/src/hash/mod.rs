@@ -155,7 +155,7 @@ impl HashStore {
         let (bg, syncs) = (Arc::clone(&inner), Arc::clone(&inner));
         let background = Background::spawn("latchkey-hash-bg", dir, move |stop| bg.background(stop))?
             .with_interval_syncs("latchkey-hash-sync", dir, inner.opts.sync.interval(), move || {
-                syncs.interval_sync()
+                syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors)
             })?;
         Ok(HashStore { inner, background })
     }
@@ -504,17 +504,6 @@ impl Inner {
         for start in (0..slots).step_by(LOC_CHUNK) {
             self.keydir.read().base_locs(start..start + LOC_CHUNK, &wanted, &mut f);
         }
-    }
-
-    /// One of `Sync::Interval`'s syncs (on a thread of its own); a
-    /// failure is counted. (After a failed write nothing is synced.)
-    fn interval_sync(&self) -> Result<()> {
-        if self.durability.is_poisoned() {
-            return Ok(());
-        }
-        self.sync_all().inspect_err(|_| {
-            self.counters.background_errors.fetch_add(1, Ordering::Relaxed);
-        })
     }
 
     /// The background thread: automatic merges and expiry sweeps, until

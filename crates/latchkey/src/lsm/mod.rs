@@ -192,7 +192,9 @@ impl LsmStore {
         });
         let (bg, syncs) = (Arc::clone(&inner), Arc::clone(&inner));
         let background = Background::spawn("latchkey-lsm-bg", dir, move |stop| bg.background(stop))?
-            .with_interval_syncs("latchkey-lsm-sync", dir, inner.opts.sync.interval(), move || syncs.interval_sync())?;
+            .with_interval_syncs("latchkey-lsm-sync", dir, inner.opts.sync.interval(), move || {
+                syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors)
+            })?;
         Ok(LsmStore { inner, background })
     }
 }
@@ -571,17 +573,6 @@ impl Inner {
             Some(choice) => self.compact_once(&choice).map(|()| true),
             None => Ok(false),
         }
-    }
-
-    /// One of `Sync::Interval`'s syncs (on a thread of its own); a
-    /// failure is counted. (After a failed write nothing is synced.)
-    fn interval_sync(&self) -> Result<()> {
-        if self.durability.is_poisoned() {
-            return Ok(());
-        }
-        self.sync_all().inspect_err(|_| {
-            self.counters.background_errors.fetch_add(1, Ordering::Relaxed);
-        })
     }
 
     /// The background thread: flushes and compactions, until the sender
