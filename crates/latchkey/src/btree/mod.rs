@@ -580,7 +580,7 @@ impl Inner {
         drop(w);
         let c = &self.counters;
         let gets = c.gets.load(Ordering::Relaxed);
-        let (hits, misses) = (self.pager.hits.load(Ordering::Relaxed), self.pager.misses.load(Ordering::Relaxed));
+        let (hits, misses) = (self.pager.hits(), self.pager.misses.load(Ordering::Relaxed));
         let ps = self.limits.page_size as u64;
         let node_pages = (m.page_count - 1 - m.free_count - m.overflow_pages) as u64;
         let disk = crate::fs::list(&self.dir)

@@ -50,12 +50,26 @@ struct Slot {
     referenced: AtomicBool,
 }
 
+impl Slot {
+    /// Gives the frame its second chance (written only when it changes:
+    /// the line stays shared between the readers of a hot page).
+    fn mark_referenced(&self) {
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     frames: HashMap<u32, Slot, foldhash::fast::RandomState>,
     clock: VecDeque<u32>,
     /// Pages scans loaded, oldest first (in `frames`, not in `clock`).
     ring: VecDeque<u32>,
+    /// Accesses that found their page here (counted under the shard's
+    /// lock, already held: a pool-wide atomic was a line every reader and
+    /// writer wrote, on every page of every descent).
+    hits: u64,
 }
 
 const SHARDS: usize = 16;
@@ -67,7 +81,6 @@ pub(crate) struct Pager {
     pub page_size: usize,
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
-    pub hits: AtomicU64,
     pub misses: AtomicU64,
 }
 
@@ -79,7 +92,6 @@ impl Pager {
             page_size,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: pages / SHARDS,
-            hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
@@ -90,6 +102,11 @@ impl Pager {
 
     pub fn path(&self) -> &Path {
         self.file.path()
+    }
+
+    /// Accesses that found their page in the pool.
+    pub fn hits(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().hits).sum()
     }
 
     /// The frame of page `id`, read from disk (and verified) if not cached.
@@ -105,16 +122,15 @@ impl Pager {
 
     fn latch_or_load(&self, id: u32, ring: bool) -> Result<Latch> {
         let spare = {
-            let mut shard = self.shard(id).lock();
+            let mut guard = self.shard(id).lock();
+            let shard = &mut *guard;
             if let Some(slot) = shard.frames.get(&id) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                if !slot.referenced.load(Ordering::Relaxed) {
-                    slot.referenced.store(true, Ordering::Relaxed);
-                }
+                shard.hits += 1;
+                slot.mark_referenced();
                 return Ok(Arc::clone(&slot.latch));
             }
             if ring && shard.ring.len() >= RING {
-                recycle(&mut shard)
+                recycle(shard)
             } else {
                 None
             }
@@ -151,12 +167,33 @@ impl Pager {
     }
 
     pub fn read(&self, id: u32) -> Result<ReadGuard> {
-        Ok(self.latch(id)?.read_arc())
+        match self.read_cached(id) {
+            Some(guard) => Ok(guard),
+            None => Ok(self.latch(id)?.read_arc()),
+        }
     }
 
     /// [`Pager::read`] through [`Pager::latch_for_scan`].
     pub fn read_for_scan(&self, id: u32) -> Result<ReadGuard> {
-        Ok(self.latch_for_scan(id)?.read_arc())
+        match self.read_cached(id) {
+            Some(guard) => Ok(guard),
+            None => Ok(self.latch_for_scan(id)?.read_arc()),
+        }
+    }
+
+    /// The read latch of page `id` if it is in the pool and no writer
+    /// holds it, taken under the shard's lock: the guard's reference to
+    /// the frame is the only one taken (not a reference for the latch and
+    /// another for its guard). Otherwise `None`, and the caller waits for
+    /// the latch without the shard's lock.
+    fn read_cached(&self, id: u32) -> Option<ReadGuard> {
+        let mut guard = self.shard(id).lock();
+        let shard = &mut *guard;
+        let slot = shard.frames.get(&id)?;
+        let read = slot.latch.try_read_arc()?;
+        shard.hits += 1;
+        slot.mark_referenced();
+        Some(read)
     }
 
     pub fn write(&self, id: u32) -> Result<WriteGuard> {
@@ -233,6 +270,43 @@ mod tests {
             file.write_all_at(&p, id as u64 * PAGE as u64).unwrap();
         }
         Pager::new(file, PAGE, 64 << 20)
+    }
+
+    /// Every access of a cached page counts one hit, by either way of
+    /// reading it; a read of a page whose write latch is held waits for
+    /// the writer (without the shard's lock, which the writer's own reads
+    /// need meanwhile) and sees what it wrote.
+    #[test]
+    fn cached_reads_count_hits_and_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let pager = Arc::new(pager_of(dir.path(), 64));
+        for id in 0..64 {
+            drop(pager.read(id).unwrap());
+        }
+        let (hits, misses) = (pager.hits(), pager.misses.load(Ordering::Relaxed));
+        assert_eq!((hits, misses), (0, 64));
+        for id in 0..64 {
+            drop(pager.read(id).unwrap());
+            drop(pager.read_for_scan(id).unwrap());
+            drop(pager.latch(id).unwrap());
+        }
+        assert_eq!(pager.hits(), 3 * 64);
+        assert_eq!(pager.misses.load(Ordering::Relaxed), 64);
+        let mut w = pager.write(7).unwrap();
+        let reader = {
+            let pager = Arc::clone(&pager);
+            std::thread::spawn(move || pager.read(7).unwrap()[100])
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // The writer reads other pages of the same shards meanwhile.
+        for id in 0..64 {
+            if id != 7 {
+                drop(pager.read(id).unwrap());
+            }
+        }
+        w[100] = 0xAB;
+        drop(w);
+        assert_eq!(reader.join().unwrap(), 0xAB);
     }
 
     #[test]
