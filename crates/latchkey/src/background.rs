@@ -40,6 +40,17 @@ impl Background {
         Ok(())
     }
 
+    /// Also starts `work` on a thread named `name` (as [`Background::spawn`]).
+    pub(crate) fn with_thread(
+        self,
+        name: &str,
+        dir: &Path,
+        work: impl FnOnce(mpsc::Receiver<()>) + Send + 'static,
+    ) -> Result<Self> {
+        self.add(name, dir, work)?;
+        Ok(self)
+    }
+
     /// With `every` (a `Sync::Interval`), also starts a thread named
     /// `name` that calls `sync` at that interval. A thread of its own: a
     /// merge or a compaction on the other one runs for seconds, and the
@@ -64,10 +75,10 @@ impl Background {
         Ok(self)
     }
 
-    /// How many threads run.
+    /// The names of the threads started (running or done).
     #[cfg(test)]
-    pub(crate) fn threads(&self) -> usize {
-        self.0.lock().len()
+    pub(crate) fn threads(&self) -> Vec<String> {
+        self.0.lock().iter().filter_map(|(_, h)| h.thread().name().map(String::from)).collect()
     }
 
     /// Tells the threads to stop, calls `wake` (to end a wait one may be

@@ -120,6 +120,11 @@ pub struct Options {
     pub page_size: usize,
     /// `btree`: bytes of pages kept in the buffer pool.
     pub page_cache_size: usize,
+    /// `btree`: after open, a background thread reads the page file into
+    /// the buffer pool (front to back, until the pool is nearly full or the
+    /// file ends), so the first reads and writes after a restart find
+    /// their pages in memory. Open does not wait for it.
+    pub warm_cache: bool,
 }
 
 impl Default for Options {
@@ -140,6 +145,7 @@ impl Default for Options {
             base_level_bytes: 32 << 20,
             page_size: 4096,
             page_cache_size: 128 << 20,
+            warm_cache: true,
         }
     }
 }

@@ -40,7 +40,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
@@ -202,15 +202,17 @@ impl BtreeStore {
             ms = started.elapsed().as_millis() as u64,
             "btree engine opened"
         );
-        // Only `Sync::Interval` needs a thread: the tree has no background
-        // work of its own (checkpoints run in the writer that fills the log).
-        let syncs = Arc::clone(&inner);
-        let background = Background::none().with_interval_syncs(
-            "latchkey-btree-sync",
-            dir,
-            inner.opts.sync.interval(),
-            move || syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors),
-        )?;
+        // Checkpoints run in the writer that fills the log: the threads
+        // are the pool's warm-up, and the syncs of `Sync::Interval`.
+        let (warm, syncs) = (Arc::clone(&inner), Arc::clone(&inner));
+        let mut background = Background::none();
+        if inner.opts.warm_cache {
+            background = background.with_thread("latchkey-btree-warm", dir, move |stop| warm.warm_pool(&stop))?;
+        }
+        let background =
+            background.with_interval_syncs("latchkey-btree-sync", dir, inner.opts.sync.interval(), move || {
+                syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors)
+            })?;
         Ok(BtreeStore { inner, background })
     }
 }
@@ -455,6 +457,7 @@ impl Inner {
         let mut ids: Vec<u32> = w.dirty.keys().copied().collect();
         ids.sort_unstable();
         let mut buf = Vec::with_capacity(ps as usize);
+        self.pager.writes.fetch_add(1, Ordering::AcqRel);
         for id in &ids {
             // Cells back in key order (in-place inserts scatter them), so
             // scans read each leaf front to back.
@@ -511,6 +514,39 @@ impl Inner {
         let Ok(i) = page::search(&g, key) else { return Ok(None) };
         let (expires, val) = page::leaf_value(&g, i);
         Ok(Some((self.value(val)?, expires)))
+    }
+
+    /// After open, reads the page file front to back in 256 KiB reads into
+    /// the pool, until the pool is nearly full or the file ends, so the
+    /// first gets and puts after a restart find their pages in memory
+    /// instead of reading each one with a system call of its own (as
+    /// InnoDB loads its buffer pool at startup). Pages already there, and
+    /// shards that are full, are skipped; nothing is evicted for it. It
+    /// stops when the store closes.
+    fn warm_pool(&self, stop: &mpsc::Receiver<()>) {
+        const CHUNK: u32 = 64;
+        let ps = self.limits.page_size;
+        let pages = self.writer.lock().meta.page_count;
+        let full = self.pager.capacity() / 16 * 15;
+        let mut buf = vec![0u8; CHUNK as usize * ps];
+        let mut id = 1; // page 0 is the meta page
+        let started = Instant::now();
+        let mut added = 0;
+        while id < pages && self.pager.frames() < full {
+            if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                return;
+            }
+            let n = CHUNK.min(pages - id);
+            let writes = self.pager.writes.load(Ordering::Acquire);
+            let chunk = &mut buf[..n as usize * ps];
+            if let Err(e) = self.pager.file.read_exact_at(chunk, id as u64 * ps as u64) {
+                tracing::warn!(error = %e, "warming the buffer pool stopped");
+                return;
+            }
+            added += self.pager.prefill(id, chunk, writes);
+            id += n;
+        }
+        tracing::debug!(pages = added, ms = started.elapsed().as_millis() as u64, "buffer pool warmed");
     }
 
     /// Loads the pages on the path to `key`'s leaf (a read, no change).
@@ -900,15 +936,14 @@ mod tests {
     use super::*;
 
     /// Under `Sync::Interval` a write is fsynced soon without a call to
-    /// `sync`, even while the writer lock is held (the sync thread reads
-    /// the published log position instead); other policies start no
-    /// thread at all.
+    /// `sync`, by a thread of its own; other policies start no such thread
+    /// (only the pool's warm-up, which ends by itself).
     #[test]
     fn interval_syncs_run_on_a_thread_only_under_sync_interval() {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options { sync: Sync::Interval(20), ..Options::new(crate::Engine::Btree) };
         let store = BtreeStore::open(dir.path(), opts).unwrap();
-        assert_eq!(store.background.threads(), 1);
+        assert_eq!(store.background.threads(), ["latchkey-btree-warm", "latchkey-btree-sync"]);
         let synced = crate::background::synced_soon_after(&store.inner.durability.syncs, || {
             store.write(WriteBatch::new().put("k", "v"), false).unwrap()
         });
@@ -917,8 +952,70 @@ mod tests {
         for sync in [Sync::Always, Sync::Never] {
             let dir = tempfile::tempdir().unwrap();
             let store = BtreeStore::open(dir.path(), Options { sync, ..Options::new(crate::Engine::Btree) }).unwrap();
-            assert_eq!(store.background.threads(), 0, "{sync:?}");
+            assert_eq!(store.background.threads(), ["latchkey-btree-warm"], "{sync:?}");
+            drop(store);
+            let cold = Options { sync, warm_cache: false, ..Options::new(crate::Engine::Btree) };
+            let store = BtreeStore::open(dir.path(), cold).unwrap();
+            assert!(store.background.threads().is_empty(), "{sync:?}");
         }
+    }
+
+    /// After a reopen the warm-up fills the pool from the file (up to
+    /// its capacity), so gets then read no page from the file; with a
+    /// pool smaller than the file it stops at about the pool's size and
+    /// evicts nothing. Pages it loads are the pages as last checkpointed:
+    /// every key reads back as written, writes going on meanwhile.
+    #[test]
+    fn the_pool_is_warmed_after_open_and_stays_within_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options { page_size: 1024, ..Options::new(crate::Engine::Btree) };
+        let store = BtreeStore::open(dir.path(), opts.clone()).unwrap();
+        for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
+            let mut b = WriteBatch::new();
+            for k in chunk {
+                b.put(k.to_be_bytes(), k.to_le_bytes().repeat(8));
+            }
+            store.write(&b, false).unwrap();
+        }
+        store.close().unwrap();
+        drop(store);
+        let wait_warm = |store: &BtreeStore| {
+            let until = Instant::now() + std::time::Duration::from_secs(10);
+            let mut last = usize::MAX;
+            // Done when the count stops moving for 50 ms.
+            while Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                let now = store.inner.pager.frames();
+                if now == last {
+                    return now;
+                }
+                last = now;
+            }
+            panic!("the warm-up did not settle in 10 s");
+        };
+        let store = BtreeStore::open(dir.path(), opts.clone()).unwrap();
+        // Writes while the warm-up runs (checkpoints included).
+        for k in (0..20_000u32).step_by(7) {
+            store.write(WriteBatch::new().put(k.to_be_bytes(), b"new"), false).unwrap();
+            if k % 700 == 0 {
+                store.inner.checkpoint(&mut store.inner.writer.lock()).unwrap();
+            }
+        }
+        let frames = wait_warm(&store);
+        let pages = store.inner.writer.lock().meta.page_count as usize;
+        assert!(frames * 10 >= pages * 9, "{frames} of {pages} pages in the pool");
+        let misses = store.inner.pager.misses.load(Ordering::Relaxed);
+        for k in 0..20_000u32 {
+            let want = if k % 7 == 0 { b"new".to_vec() } else { k.to_le_bytes().repeat(8) };
+            assert_eq!(store.get(&k.to_be_bytes()).unwrap().map(|v| v.0), Some(want), "key {k}");
+        }
+        assert_eq!(store.inner.pager.misses.load(Ordering::Relaxed), misses, "gets read pages from the file");
+        drop(store);
+        let small = Options { page_cache_size: 64 << 10, ..opts };
+        let store = BtreeStore::open(dir.path(), small).unwrap();
+        let frames = wait_warm(&store);
+        let capacity = store.inner.pager.capacity();
+        assert!(frames <= capacity && frames * 2 >= capacity, "{frames} frames in a pool of {capacity}");
     }
 
     /// Scans load their leaves into the pool's ring (the descent's last
@@ -927,7 +1024,8 @@ mod tests {
     #[test]
     fn scans_leave_the_pool_to_the_internal_pages_and_gets_fill_it() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = Options { engine: crate::Engine::Btree, page_size: 1024, ..Options::default() };
+        // A cold pool (no warm-up): what scans and gets leave in it.
+        let opts = Options { engine: crate::Engine::Btree, page_size: 1024, warm_cache: false, ..Options::default() };
         let store = BtreeStore::open(dir.path(), opts.clone()).unwrap();
         for chunk in (0..20_000u32).collect::<Vec<_>>().chunks(1000) {
             let mut b = WriteBatch::new();

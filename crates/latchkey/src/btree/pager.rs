@@ -82,6 +82,10 @@ pub(crate) struct Pager {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     pub misses: AtomicU64,
+    /// Bumped by a checkpoint before it writes pages in place: a page read
+    /// from the file before a bump may be older than the pool's copy was
+    /// (see [`Pager::prefill`]).
+    pub writes: AtomicU64,
 }
 
 impl Pager {
@@ -92,6 +96,7 @@ impl Pager {
             page_size,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: pages / SHARDS,
+            writes: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
@@ -211,7 +216,41 @@ impl Pager {
     }
 
     /// Frames in the pool now.
-    #[cfg(test)]
+    /// Puts the pages `first..` that `bytes` holds (read from the file in
+    /// one go when [`Pager::writes`] was `writes`) into the pool: each one
+    /// that verifies, is not there yet, and whose shard has room (nothing
+    /// is evicted for them; they are not marked used). Stops if a
+    /// checkpoint has written pages since. Returns how many were added.
+    ///
+    /// A page absent from the pool is not dirty (dirty pages stay in it
+    /// until a checkpoint writes them), so the file holds its current bytes
+    /// unless a checkpoint wrote it after `bytes` were read: the check of
+    /// `writes` and the insert are under the shard's lock, and a
+    /// checkpoint bumps `writes` before it writes.
+    pub fn prefill(&self, first: u32, bytes: &[u8], writes: u64) -> usize {
+        let mut added = 0;
+        for (id, bytes) in (first..).zip(bytes.chunks_exact(self.page_size)) {
+            if page::verify(bytes, id).is_err() {
+                continue; // free, or damaged: a read reports it, not this
+            }
+            let mut guard = self.shard(id).lock();
+            if self.writes.load(Ordering::Acquire) != writes {
+                break;
+            }
+            let shard = &mut *guard;
+            if shard.frames.len() >= self.per_shard || shard.frames.contains_key(&id) {
+                continue;
+            }
+            let frame = new_frame(self.page_size);
+            frame.write().copy_from_slice(bytes);
+            shard.frames.insert(id, Slot { latch: frame, referenced: AtomicBool::new(false) });
+            shard.clock.push_back(id);
+            added += 1;
+        }
+        added
+    }
+
+    /// Pages in the pool.
     pub fn frames(&self) -> usize {
         self.shards.iter().map(|s| s.lock().frames.len()).sum()
     }
