@@ -320,14 +320,7 @@ async fn connection(
                 return Ok(());
             }
             Next::Failed(r) => Some(cmd::Outcome::Failed(r)),
-            Next::Offload(work) => {
-                let bg = Arc::clone(shared);
-                Some(
-                    tokio::task::spawn_blocking(move || work(&bg))
-                        .await
-                        .unwrap_or_else(|_| cmd::Outcome::Reply(Reply::err("internal error running the command"))),
-                )
-            }
+            Next::Offload(work) => Some(offload(shared, work).await),
             Next::Block(waiting) => Some(cmd::Outcome::Block(waiting)),
         };
         match outcome {
@@ -398,6 +391,24 @@ async fn connection(
             _ = stop.recv() => return Ok(()),
         }
     }
+}
+
+/// Runs a command that may block (a lock command that waits for an fsync).
+/// On the multi-threaded runtime `latchkey serve` runs, in place on this
+/// worker (`block_in_place`: the worker's other tasks move to another
+/// thread meanwhile), so the command starts at once and its reply is
+/// written by the thread that ran it; on a machine whose idle CPUs halt,
+/// handing it to the blocking pool and back cost two wake-ups of a sleeping
+/// thread on every lock hand-off. Elsewhere (a current-thread runtime, as
+/// in tests) on the blocking pool.
+async fn offload(shared: &Arc<Shared>, work: Box<dyn FnOnce(&Shared) -> cmd::Outcome + Send>) -> cmd::Outcome {
+    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        return tokio::task::block_in_place(|| work(shared));
+    }
+    let bg = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || work(&bg))
+        .await
+        .unwrap_or_else(|_| cmd::Outcome::Reply(Reply::err("internal error running the command")))
 }
 
 /// Gives up a queued lock acquire of a departing client, off the runtime
