@@ -399,16 +399,17 @@ async fn connection(
 /// thread meanwhile), so the command starts at once and its reply is
 /// written by the thread that ran it; on a machine whose idle CPUs halt,
 /// handing it to the blocking pool and back cost two wake-ups of a sleeping
-/// thread on every lock hand-off. Elsewhere (a current-thread runtime, as
-/// in tests) on the blocking pool.
+/// thread on every lock hand-off. On a current-thread runtime (where
+/// `block_in_place` is not allowed), on the blocking pool. A command that
+/// panics gets an error reply either way.
 async fn offload(shared: &Arc<Shared>, work: Box<dyn FnOnce(&Shared) -> cmd::Outcome + Send>) -> cmd::Outcome {
+    let failed = || cmd::Outcome::Reply(Reply::err("internal error running the command"));
     if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(|| work(shared));
+        let run = std::panic::AssertUnwindSafe(|| work(shared));
+        return tokio::task::block_in_place(|| std::panic::catch_unwind(run)).unwrap_or_else(|_| failed());
     }
     let bg = Arc::clone(shared);
-    tokio::task::spawn_blocking(move || work(&bg))
-        .await
-        .unwrap_or_else(|_| cmd::Outcome::Reply(Reply::err("internal error running the command")))
+    tokio::task::spawn_blocking(move || work(&bg)).await.unwrap_or_else(|_| failed())
 }
 
 /// Gives up a queued lock acquire of a departing client, off the runtime
