@@ -30,8 +30,6 @@ struct Group {
     /// The `arrivals` count the gathering leader waits for: the arrival
     /// that reaches it leads the fsync instead.
     gather_target: u64,
-    /// How long the last fsync took.
-    last_fsync: Duration,
 }
 
 /// The longest a leader waits for the writers of the last group to append
@@ -57,8 +55,8 @@ pub(crate) struct Durability {
     closed: AtomicBool,
     /// Log fsyncs made.
     pub(crate) syncs: AtomicU64,
-    /// How long the last fsync took, in nanoseconds (read without the
-    /// group's lock by the writers that poll for its end).
+    /// How long the last fsync took, in nanoseconds: how long a leader
+    /// gathers, and how long waiters poll.
     last_fsync_ns: AtomicU64,
 }
 
@@ -192,6 +190,10 @@ impl Durability {
         self.rounds.load(Ordering::Acquire)
     }
 
+    fn last_fsync(&self) -> Duration {
+        Duration::from_nanos(self.last_fsync_ns.load(Ordering::Relaxed))
+    }
+
     /// Waits for the end of `round`: first polling, for about as long as
     /// the last fsync took (at most [`POLL_MAX`]), yielding the CPU to any
     /// thread that can run (the other writers of the group, on a small
@@ -201,7 +203,7 @@ impl Durability {
     /// its CPU awake and needs no wake-up. RocksDB's write thread does the
     /// same (`enable_write_thread_adaptive_yield`).
     fn wait_round(&self, round: u64) {
-        let poll = Duration::from_nanos(self.last_fsync_ns.load(Ordering::Relaxed)).min(POLL_MAX);
+        let poll = self.last_fsync().min(POLL_MAX);
         let until = Instant::now() + poll;
         while self.rounds.load(Ordering::Acquire) == round {
             if Instant::now() < until {
@@ -216,12 +218,12 @@ impl Durability {
     /// appending again: the new leader waits (polling, yielding the CPU to
     /// them, as in [`Durability::wait_round`]) until about as many have
     /// arrived, so its fsync covers them too instead of splitting the
-    /// writers into two groups that take turns. The arrival that completes the count leads the
-    /// fsync; this returns true once it has ended. After the last fsync's
+    /// writers into two groups that take turns. The arrival that completes
+    /// the count leads the fsync; this returns true once it has ended. After the last fsync's
     /// duration (100 us to 1 ms) with the count short, this returns false
     /// and the caller leads the fsync of what there is.
     fn gather(&self, mut group: MutexGuard<'_, Group>, target: u64) -> bool {
-        let until = Instant::now() + group.last_fsync.clamp(GATHER_MIN, GATHER_MAX);
+        let until = Instant::now() + self.last_fsync().clamp(GATHER_MIN, GATHER_MAX);
         group.gathering = true;
         group.gather_target = target;
         let round = self.enlist(&mut group);
@@ -266,9 +268,7 @@ impl Durability {
             self.poison(&e);
             return Err(e);
         }
-        let took = started.elapsed();
-        self.group.lock().last_fsync = took;
-        self.last_fsync_ns.store(took.as_nanos() as u64, Ordering::Relaxed);
+        self.last_fsync_ns.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.mark_synced(target);
         Ok(())
