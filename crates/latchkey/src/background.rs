@@ -22,9 +22,7 @@ impl Background {
         dir: &Path,
         work: impl FnOnce(mpsc::Receiver<()>) + Send + 'static,
     ) -> Result<Self> {
-        let b = Background::none();
-        b.add(name, dir, work)?;
-        Ok(b)
+        Background::none().with_thread(name, dir, work)
     }
 
     /// No threads yet (see [`Background::with_interval_syncs`]).
