@@ -64,6 +64,35 @@ impl<V: ?Sized> BlockCache<V> {
         &self.shards[(h >> 60) as usize % SHARDS]
     }
 
+    /// Bytes the cache may hold.
+    pub(crate) fn capacity(&self) -> usize {
+        self.shard_capacity * SHARDS
+    }
+
+    /// Bytes the cache holds now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().bytes).sum()
+    }
+
+    /// Whether `key` is cached.
+    pub(crate) fn contains(&self, key: Key) -> bool {
+        self.shard(key).lock().map.contains_key(&key)
+    }
+
+    /// Keeps `block` (about `size` bytes) only if its shard has room for
+    /// it without evicting anything; false if it had not.
+    pub(crate) fn insert_if_room(&self, key: Key, block: Arc<V>, size: usize) -> bool {
+        let mut s = self.shard(key).lock();
+        if s.bytes + size > self.shard_capacity {
+            return false;
+        }
+        if s.map.insert(key, (block, size)).is_none() {
+            s.order.push_back(key);
+            s.bytes += size;
+        }
+        true
+    }
+
     pub(crate) fn get(&self, key: Key) -> Option<Arc<V>> {
         self.shard(key).lock().map.get(&key).map(|(b, _)| Arc::clone(b))
     }
@@ -114,6 +143,26 @@ mod tests {
         let none: BlockCache<Vec<u8>> = BlockCache::new(0);
         none.insert((1, 1), Arc::new(vec![1]), 1);
         assert!(none.get((1, 1)).is_none());
+    }
+
+    /// `insert_if_room` fills a shard to its share and then refuses,
+    /// evicting nothing; `bytes` and `contains` see what it kept.
+    #[test]
+    fn insert_if_room_never_evicts() {
+        let c: BlockCache<Vec<u8>> = BlockCache::new(SHARDS * 1000);
+        assert_eq!(c.capacity(), SHARDS * 1000);
+        let (mut kept, mut refused) = (Vec::new(), 0);
+        for i in 0..1_000u32 {
+            if c.insert_if_room((3, i), Arc::new(vec![1]), 100) {
+                kept.push(i);
+            } else {
+                refused += 1;
+            }
+        }
+        assert_eq!((kept.len(), refused), (SHARDS * 10, 1_000 - SHARDS * 10), "every shard filled, then refused");
+        assert!(kept.iter().all(|&i| c.contains((3, i))), "a kept block was evicted");
+        assert_eq!(c.bytes(), kept.len() * 100);
+        assert!(!c.insert_if_room((3, 5_000), Arc::new(vec![1]), SHARDS * 1000));
     }
 
     /// Evicted blocks that no one holds come back as spares (only from a

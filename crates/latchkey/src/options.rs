@@ -120,10 +120,12 @@ pub struct Options {
     pub page_size: usize,
     /// `btree`: bytes of pages kept in the buffer pool.
     pub page_cache_size: usize,
-    /// `btree`: after open, a background thread reads the page file into
-    /// the buffer pool (front to back, until the pool is nearly full or the
-    /// file ends), so the first reads and writes after a restart find
-    /// their pages in memory. Open does not wait for it.
+    /// `btree` and `hash`: after open, a background thread reads the page
+    /// file into the buffer pool (btree: front to back, until the pool is
+    /// nearly full or the file ends), or the segments into the block
+    /// cache (hash: newest first, until the cache is nearly full), so the
+    /// first reads and writes after a restart find their data in memory.
+    /// Open does not wait for it, and it evicts nothing.
     pub warm_cache: bool,
 }
 

@@ -41,6 +41,8 @@ use crate::options::{Options, Sync};
 use table::KeyTable;
 
 use keydir::{KeyDir, Loc};
+#[cfg(test)]
+use segment::CACHE_BLOCK;
 use segment::{SegId, Segment};
 
 /// The appending side: the active segment and the sequence counter.
@@ -152,9 +154,13 @@ impl HashStore {
             expired_bytes: AtomicU64::new(0),
             _lock: lock,
         });
-        let (bg, syncs) = (Arc::clone(&inner), Arc::clone(&inner));
-        let background = Background::spawn("latchkey-hash-bg", dir, move |stop| bg.background(stop))?
-            .with_interval_syncs("latchkey-hash-sync", dir, inner.opts.sync.interval(), move || {
+        let (bg, syncs, warm) = (Arc::clone(&inner), Arc::clone(&inner), Arc::clone(&inner));
+        let mut background = Background::spawn("latchkey-hash-bg", dir, move |stop| bg.background(stop))?;
+        if inner.opts.warm_cache {
+            background = background.with_thread("latchkey-hash-warm", dir, move |stop| warm.warm_cache(&stop))?;
+        }
+        let background =
+            background.with_interval_syncs("latchkey-hash-sync", dir, inner.opts.sync.interval(), move || {
                 syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors)
             })?;
         Ok(HashStore { inner, background })
@@ -508,6 +514,49 @@ impl Inner {
 
     /// The background thread: automatic merges and expiry sweeps, until
     /// the sender side of `stop` is dropped.
+    /// After open: reads the segments' blocks into the block cache, newest
+    /// segment first, until the cache is nearly full or every block is in,
+    /// so the first gets after a restart find their values in memory
+    /// instead of reading a block each with a system call (as the btree
+    /// engine warms its buffer pool). Nothing is evicted for it: once the
+    /// cache's shards have refused a few chunks' worth of blocks, it is
+    /// as full as the warm-up will make it. A segment merged away
+    /// meanwhile is skipped. It stops when the store closes.
+    fn warm_cache(&self, stop: &mpsc::Receiver<()>) {
+        const CHUNK: u64 = 64;
+        let full = self.cache.capacity() / 16 * 15;
+        let started = Instant::now();
+        let mut refused = 0;
+        let segments: Vec<Arc<Segment>> = self.segments.read().values().rev().cloned().collect();
+        'segments: for seg in segments {
+            let mut i = 0;
+            while i < seg.cacheable_blocks() {
+                if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                    return;
+                }
+                if self.cache.bytes() >= full || refused > 4 * CHUNK {
+                    break 'segments;
+                }
+                if !self.segments.read().contains_key(&seg.id) {
+                    continue 'segments;
+                }
+                for j in i..i + CHUNK {
+                    match seg.prefill(j, &self.cache) {
+                        Ok(true) => {}
+                        Ok(false) => refused += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "warming the block cache stopped");
+                            return;
+                        }
+                    }
+                }
+                i += CHUNK;
+            }
+        }
+        let (bytes, ms) = (self.cache.bytes() as u64, started.elapsed().as_millis() as u64);
+        tracing::debug!(bytes, ms, "block cache warmed");
+    }
+
     fn background(&self, stop: mpsc::Receiver<()>) {
         let tick = self.opts.background_interval;
         let mut last_merge_check = Instant::now();
@@ -582,5 +631,80 @@ mod tests {
         });
         drop(merging);
         assert!(synced, "no interval sync while a merge held its lock");
+    }
+
+    /// After a reopen the warm-up reads the segments into the block cache:
+    /// every cacheable block when the cache is big enough, otherwise up to
+    /// the cache's size (nothing evicted for it, the newest segment first);
+    /// with `warm_cache` off the cache starts empty. Every key reads back
+    /// in each case.
+    #[test]
+    fn the_block_cache_is_warmed_after_open_up_to_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = |block_cache_size, warm_cache| Options {
+            segment_size: 64 << 10,
+            block_cache_size,
+            warm_cache,
+            sync: Sync::Never,
+            ..Options::new(crate::Engine::Hash)
+        };
+        let value = |i: u32| vec![(i % 251) as u8; 200 + (i % 7) as usize];
+        let store = HashStore::open(dir.path(), opts(8 << 20, false)).unwrap();
+        for i in 0..2_000u32 {
+            store.write(WriteBatch::new().put(format!("key{i:05}"), value(i)), false).unwrap();
+        }
+        store.close().unwrap();
+        drop(store);
+        // Every cacheable block is in once the warm-up is done.
+        let cached = |store: &HashStore| {
+            let segs: Vec<_> = store.inner.segments.read().values().cloned().collect();
+            assert!(segs.len() >= 6, "{} segments", segs.len());
+            segs.iter()
+                .map(|s| (0..s.cacheable_blocks()).filter(|&i| store.inner.cache.contains((s.id, i as u32))).count())
+                .collect::<Vec<_>>()
+        };
+        let settled = |store: &HashStore| {
+            let until = Instant::now() + Duration::from_secs(10);
+            let mut last = usize::MAX;
+            while Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = store.inner.cache.bytes();
+                if now == last {
+                    return now;
+                }
+                last = now;
+            }
+            panic!("the warm-up did not settle in 10 s");
+        };
+        let read_back = |store: &HashStore| {
+            for i in 0..2_000u32 {
+                let got = store.get(format!("key{i:05}").as_bytes()).unwrap().map(|(v, _)| v);
+                assert_eq!(got, Some(value(i)), "key {i}");
+            }
+        };
+        let store = HashStore::open(dir.path(), opts(8 << 20, true)).unwrap();
+        settled(&store);
+        let segs: Vec<_> = store.inner.segments.read().values().cloned().collect();
+        let want: Vec<_> = segs.iter().map(|s| s.cacheable_blocks() as usize).collect();
+        assert_eq!(cached(&store), want, "blocks cached per segment");
+        read_back(&store);
+        drop(store);
+
+        // A cache smaller than the data: filled to at most its size, from
+        // the newest segment.
+        let small = 16 * 3 * (CACHE_BLOCK as usize + 64);
+        let store = HashStore::open(dir.path(), opts(small, true)).unwrap();
+        let bytes = settled(&store);
+        assert!(bytes > 0 && bytes <= small, "{bytes} bytes cached of {small}");
+        let per_seg = cached(&store);
+        let (older, newer) = per_seg.split_at(per_seg.len() / 2);
+        assert!(newer.iter().sum::<usize>() > older.iter().sum(), "the newest segments first: {per_seg:?}");
+        read_back(&store);
+        drop(store);
+
+        let store = HashStore::open(dir.path(), opts(8 << 20, false)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(store.inner.cache.bytes(), 0, "cached without a warm-up");
+        read_back(&store);
     }
 }

@@ -106,13 +106,21 @@ impl Segment {
         if let Some(b) = cache.get(key) {
             return Ok(b);
         }
+        let block = self.read_block(i, cache.spare(key))?;
+        cache.insert(key, Arc::clone(&block), block.len() + 64);
+        Ok(block)
+    }
+
+    /// Reads block `i` from the file, into `spare` if it is the right size
+    /// and no one else holds it: an evicted block is refilled rather than
+    /// a new one allocated (and its pages faulted in). A new one is
+    /// allocated once, in place (`Arc::from(vec![..])` would allocate twice
+    /// and copy).
+    fn read_block(&self, i: u64, spare: Option<Arc<[u8]>>) -> Result<Arc<[u8]>> {
         let start = i * CACHE_BLOCK;
         let len = CACHE_BLOCK.min(self.size().saturating_sub(start)) as usize;
-        // An evicted block of the same size is refilled rather than a new
-        // one allocated (and its pages faulted in). A new one is allocated
-        // once, in place (`Arc::from(vec![..])` would allocate twice and copy).
         let zeroed = || (0..len).map(|_| 0u8).collect::<Arc<[u8]>>();
-        let mut block = cache.spare(key).filter(|b| b.len() == len).unwrap_or_else(zeroed);
+        let mut block = spare.filter(|b| b.len() == len).unwrap_or_else(zeroed);
         match Arc::get_mut(&mut block) {
             Some(buf) => self.file.read_exact_at(buf, start)?,
             None => {
@@ -121,8 +129,31 @@ impl Segment {
                 block = Arc::from(buf);
             }
         }
-        cache.insert(key, Arc::clone(&block), len + 64);
         Ok(block)
+    }
+
+    /// Blocks of this segment that may be cached: all of a sealed one, the
+    /// full ones of the active one.
+    pub(crate) fn cacheable_blocks(&self) -> u64 {
+        let size = self.size();
+        if self.sealed.load(Ordering::Acquire) {
+            size.div_ceil(CACHE_BLOCK)
+        } else {
+            size / CACHE_BLOCK
+        }
+    }
+
+    /// Reads block `i` into `cache` if it is not there and the cache has
+    /// room for it without evicting anything (the warm-up after open).
+    /// False once the cache has no room for it.
+    pub(crate) fn prefill(&self, i: u64, cache: &SegmentCache) -> Result<bool> {
+        let key = (self.id, i as u32);
+        if i >= self.cacheable_blocks() || cache.contains(key) {
+            return Ok(true);
+        }
+        let block = self.read_block(i, None)?;
+        let size = block.len() + 64;
+        Ok(cache.insert_if_room(key, block, size))
     }
 
     pub(crate) fn path(&self) -> &Path {
