@@ -5,6 +5,7 @@
 //! its share of the capacity.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -19,6 +20,9 @@ pub(crate) struct BlockCache<V: ?Sized> {
     shard_capacity: usize,
     /// Evicted blocks each shard keeps for reuse (see [`BlockCache::spare`]).
     spares: usize,
+    /// Bytes of the capacity held elsewhere ([`BlockCache::reserve`]): each
+    /// shard holds its share of the rest.
+    reserved: AtomicUsize,
 }
 
 struct Shard<V: ?Sized> {
@@ -42,6 +46,7 @@ impl<V: ?Sized> BlockCache<V> {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity: capacity / SHARDS,
             spares: 0,
+            reserved: AtomicUsize::new(0),
         }
     }
 
@@ -64,9 +69,48 @@ impl<V: ?Sized> BlockCache<V> {
         &self.shards[(h >> 60) as usize % SHARDS]
     }
 
-    /// Bytes the cache may hold.
+    /// Bytes the cache may hold (reservations included).
     pub(crate) fn capacity(&self) -> usize {
         self.shard_capacity * SHARDS
+    }
+
+    /// What each shard may hold now: its share of the capacity not reserved.
+    fn shard_room(&self) -> usize {
+        self.shard_capacity.saturating_sub(self.reserved.load(Ordering::Acquire) / SHARDS)
+    }
+
+    /// Takes `bytes` of the capacity for memory kept elsewhere (the `hash`
+    /// engine's resident segments), if that many are free of blocks and of
+    /// other reservations and all reservations stay within `limit`; the
+    /// blocks then get what is left. Undone by [`BlockCache::release`].
+    pub(crate) fn reserve(&self, bytes: usize, limit: usize) -> bool {
+        let used = self.bytes();
+        let taken = self
+            .reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (used + r + bytes <= self.capacity() && r + bytes <= limit).then_some(r + bytes)
+            })
+            .is_ok();
+        if taken {
+            // Blocks inserted since `used` was summed may leave a shard over
+            // its new share.
+            let room = self.shard_room();
+            for s in self.shards.iter() {
+                self.evict_to(&mut s.lock(), room);
+            }
+        }
+        taken
+    }
+
+    /// Bytes reserved now.
+    #[cfg(test)]
+    pub(crate) fn reserved(&self) -> usize {
+        self.reserved.load(Ordering::Acquire)
+    }
+
+    /// Gives back `bytes` taken by [`BlockCache::reserve`].
+    pub(crate) fn release(&self, bytes: usize) {
+        self.reserved.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Bytes the cache holds now.
@@ -83,7 +127,7 @@ impl<V: ?Sized> BlockCache<V> {
     /// it without evicting anything; false if it had not.
     pub(crate) fn insert_if_room(&self, key: Key, block: Arc<V>, size: usize) -> bool {
         let mut s = self.shard(key).lock();
-        if s.bytes + size > self.shard_capacity {
+        if s.bytes + size > self.shard_room() {
             return false;
         }
         if s.map.insert(key, (block, size)).is_none() {
@@ -105,7 +149,8 @@ impl<V: ?Sized> BlockCache<V> {
 
     /// Keeps `block` (about `size` bytes) unless it alone is over a shard's share.
     pub(crate) fn insert(&self, key: Key, block: Arc<V>, size: usize) {
-        if size > self.shard_capacity {
+        let room = self.shard_room();
+        if size > room {
             return;
         }
         let mut s = self.shard(key).lock();
@@ -113,7 +158,12 @@ impl<V: ?Sized> BlockCache<V> {
             s.order.push_back(key);
             s.bytes += size;
         }
-        while s.bytes > self.shard_capacity {
+        self.evict_to(&mut s, room);
+    }
+
+    /// Evicts the shard's oldest blocks until it holds at most `room` bytes.
+    fn evict_to(&self, s: &mut Shard<V>, room: usize) {
+        while s.bytes > room {
             let Some(old) = s.order.pop_front() else { break };
             if let Some((mut b, n)) = s.map.remove(&old) {
                 s.bytes -= n;
@@ -163,6 +213,36 @@ mod tests {
         assert!(kept.iter().all(|&i| c.contains((3, i))), "a kept block was evicted");
         assert_eq!(c.bytes(), kept.len() * 100);
         assert!(!c.insert_if_room((3, 5_000), Arc::new(vec![1]), SHARDS * 1000));
+    }
+
+    /// A reservation takes room from the blocks (evicting what no longer
+    /// fits), is refused past the free room or the limit, and is given back.
+    #[test]
+    fn reservations_take_room_from_blocks_until_released() {
+        let c: BlockCache<Vec<u8>> = BlockCache::new(SHARDS * 1000);
+        for i in 0..1_000u32 {
+            c.insert((5, i), Arc::new(vec![1]), 100);
+        }
+        assert_eq!(c.bytes(), SHARDS * 1000);
+        assert!(!c.reserve(SHARDS * 400, SHARDS * 1000), "reserved over cached blocks");
+        let c: BlockCache<Vec<u8>> = BlockCache::new(SHARDS * 1000);
+        for i in 0..SHARDS as u32 * 3 {
+            c.insert((6, i), Arc::new(vec![1]), 100);
+        }
+        assert!(!c.reserve(SHARDS * 500, SHARDS * 400), "reserved over the limit");
+        assert!(c.reserve(SHARDS * 500, SHARDS * 500));
+        assert_eq!(c.reserved(), SHARDS * 500);
+        assert!(!c.reserve(SHARDS * 500, SHARDS * 1000), "reserved over the capacity");
+        for i in 0..1_000u32 {
+            c.insert((7, i), Arc::new(vec![1]), 100);
+        }
+        assert!(c.bytes() <= SHARDS * 500, "{} bytes of blocks beside the reservation", c.bytes());
+        c.release(SHARDS * 500);
+        assert_eq!(c.reserved(), 0);
+        for i in 0..1_000u32 {
+            c.insert((8, i), Arc::new(vec![1]), 100);
+        }
+        assert_eq!(c.bytes(), SHARDS * 1000, "the released room is used again");
     }
 
     /// Evicted blocks that no one holds come back as spares (only from a

@@ -106,7 +106,8 @@ pub struct Options {
     pub max_immutable_memtables: usize,
     /// `lsm` and `hash`: bytes of blocks kept in memory (lsm: table data
     /// blocks; hash: 8 KiB blocks of sealed segments and full blocks of the
-    /// active one, so hot values are read without a system call).
+    /// active one, so hot values are read without a system call, and up to
+    /// half of it sealed segments the warm-up read whole).
     pub block_cache_size: usize,
     /// `lsm`: compaction writes tables of about this many bytes.
     pub target_file_size: u64,
@@ -123,7 +124,8 @@ pub struct Options {
     /// `btree` and `hash`: after open, a background thread reads the page
     /// file into the buffer pool (btree: front to back, until the pool is
     /// nearly full or the file ends), or the segments into the block
-    /// cache (hash: newest first, until the cache is nearly full), so the
+    /// cache (hash: newest first, whole or in blocks, until the cache is
+    /// nearly full), so the
     /// first reads and writes after a restart find their data in memory.
     /// Open does not wait for it, and it evicts nothing.
     pub warm_cache: bool,

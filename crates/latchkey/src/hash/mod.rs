@@ -512,16 +512,17 @@ impl Inner {
         }
     }
 
-    /// The background thread: automatic merges and expiry sweeps, until
-    /// the sender side of `stop` is dropped.
-    /// After open: reads the segments' blocks into the block cache, newest
-    /// segment first, until the cache is nearly full or every block is in,
-    /// so the first gets after a restart find their values in memory
-    /// instead of reading a block each with a system call (as the btree
-    /// engine warms its buffer pool). Nothing is evicted for it: once the
-    /// cache's shards have refused a few chunks' worth of blocks, it is
-    /// as full as the warm-up will make it. A segment merged away
-    /// meanwhile is skipped. It stops when the store closes.
+    /// After open: reads the segments into memory, newest first, until the
+    /// block cache is nearly full or every segment is in, so the first
+    /// gets after a restart find their values in memory instead of reading
+    /// a block each with a system call (as the btree engine warms its
+    /// buffer pool). A sealed segment is read whole while up to half the
+    /// cache's capacity can be reserved for it ([`Segment::make_resident`]:
+    /// its reads then take no lock); otherwise its blocks are cached.
+    /// Nothing is evicted for it: once the cache's shards have refused a
+    /// few chunks' worth of blocks, it is as full as the warm-up will make
+    /// it. A segment merged away meanwhile is skipped. It stops when the
+    /// store closes.
     fn warm_cache(&self, stop: &mpsc::Receiver<()>) {
         const CHUNK: u64 = 64;
         let full = self.cache.capacity() / 16 * 15;
@@ -529,6 +530,17 @@ impl Inner {
         let mut refused = 0;
         let segments: Vec<Arc<Segment>> = self.segments.read().values().rev().cloned().collect();
         'segments: for seg in segments {
+            // A sealed segment is read whole if the cache can spare it,
+            // up to half the cache (the rest is for blocks, the active
+            // segment's among them).
+            match seg.make_resident(&self.cache, self.cache.capacity() / 2) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "warming the block cache stopped");
+                    return;
+                }
+            }
             let mut i = 0;
             while i < seg.cacheable_blocks() {
                 if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
@@ -553,10 +565,13 @@ impl Inner {
                 i += CHUNK;
             }
         }
-        let (bytes, ms) = (self.cache.bytes() as u64, started.elapsed().as_millis() as u64);
-        tracing::debug!(bytes, ms, "block cache warmed");
+        let resident: usize = self.segments.read().values().map(|s| s.resident_bytes()).sum();
+        let (blocks, ms) = (self.cache.bytes() as u64, started.elapsed().as_millis() as u64);
+        tracing::debug!(resident, blocks, ms, "segments read into memory after open");
     }
 
+    /// The background thread: automatic merges and expiry sweeps, until
+    /// the sender side of `stop` is dropped.
     fn background(&self, stop: mpsc::Receiver<()>) {
         let tick = self.opts.background_interval;
         let mut last_merge_check = Instant::now();
@@ -655,20 +670,23 @@ mod tests {
         }
         store.close().unwrap();
         drop(store);
-        // Every cacheable block is in once the warm-up is done.
-        let cached = |store: &HashStore| {
+        // Bytes of each segment in memory: whole (resident) or as cached blocks.
+        let in_memory = |store: &HashStore| {
             let segs: Vec<_> = store.inner.segments.read().values().cloned().collect();
             assert!(segs.len() >= 6, "{} segments", segs.len());
-            segs.iter()
-                .map(|s| (0..s.cacheable_blocks()).filter(|&i| store.inner.cache.contains((s.id, i as u32))).count())
-                .collect::<Vec<_>>()
+            let cached = |s: &Segment| {
+                (0..s.cacheable_blocks()).filter(|&i| store.inner.cache.contains((s.id, i as u32))).count()
+            };
+            segs.iter().map(|s| s.resident_bytes() + cached(s) * CACHE_BLOCK as usize).collect::<Vec<_>>()
         };
+        let resident =
+            |store: &HashStore| -> usize { store.inner.segments.read().values().map(|s| s.resident_bytes()).sum() };
         let settled = |store: &HashStore| {
             let until = Instant::now() + Duration::from_secs(10);
             let mut last = usize::MAX;
             while Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(50));
-                let now = store.inner.cache.bytes();
+                let now = store.inner.cache.bytes() + store.inner.cache.reserved();
                 if now == last {
                     return now;
                 }
@@ -682,29 +700,51 @@ mod tests {
                 assert_eq!(got, Some(value(i)), "key {i}");
             }
         };
-        let store = HashStore::open(dir.path(), opts(8 << 20, true)).unwrap();
-        settled(&store);
-        let segs: Vec<_> = store.inner.segments.read().values().cloned().collect();
-        let want: Vec<_> = segs.iter().map(|s| s.cacheable_blocks() as usize).collect();
-        assert_eq!(cached(&store), want, "blocks cached per segment");
-        read_back(&store);
-        drop(store);
-
-        // A cache smaller than the data: filled to at most its size, from
-        // the newest segment.
-        let small = 16 * 3 * (CACHE_BLOCK as usize + 64);
+        // A cache smaller than the data: filled to at most its size, at most
+        // half of it with resident segments, from the newest segment.
+        let small = 16 * 2 * (CACHE_BLOCK as usize + 64);
         let store = HashStore::open(dir.path(), opts(small, true)).unwrap();
-        let bytes = settled(&store);
-        assert!(bytes > 0 && bytes <= small, "{bytes} bytes cached of {small}");
-        let per_seg = cached(&store);
+        let held = settled(&store);
+        let reserved = store.inner.cache.reserved();
+        assert!(
+            held > 0 && held <= small && reserved <= small / 2,
+            "{held} bytes held, {reserved} reserved, of {small}"
+        );
+        let per_seg = in_memory(&store);
         let (older, newer) = per_seg.split_at(per_seg.len() / 2);
         assert!(newer.iter().sum::<usize>() > older.iter().sum(), "the newest segments first: {per_seg:?}");
         read_back(&store);
         drop(store);
 
+        // A cache that holds everything: every sealed segment is read whole
+        // (reserved in the cache), the active one's full blocks are cached.
+        let store = HashStore::open(dir.path(), opts(8 << 20, true)).unwrap();
+        settled(&store);
+        let segs: Vec<_> = store.inner.segments.read().values().cloned().collect();
+        for s in &segs {
+            if s.sealed() {
+                assert_eq!(s.resident_bytes(), s.size() as usize, "segment {} is not resident", s.id);
+            } else {
+                let blocks = s.cacheable_blocks() as u32;
+                assert!((0..blocks).all(|i| store.inner.cache.contains((s.id, i))), "active segment {}", s.id);
+            }
+        }
+        let before = resident(&store);
+        assert!(before > 0);
+        assert_eq!(store.inner.cache.reserved(), before);
+        read_back(&store);
+        // A merge drops the segments it read: their memory is given back.
+        drop(segs);
+        store.compact().unwrap();
+        assert!(resident(&store) < before, "{} of {before} bytes still resident", resident(&store));
+        assert_eq!(store.inner.cache.reserved(), resident(&store));
+        read_back(&store);
+        store.close().unwrap();
+        drop(store);
+
         let store = HashStore::open(dir.path(), opts(8 << 20, false)).unwrap();
         std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(store.inner.cache.bytes(), 0, "cached without a warm-up");
+        assert_eq!(store.inner.cache.bytes() + resident(&store), 0, "cached without a warm-up");
         read_back(&store);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::codec::{self, Kind};
 use crate::error::{Error, Result};
@@ -74,6 +74,27 @@ pub(crate) struct Segment {
     /// Bytes in the file, header included.
     size: AtomicU64,
     sealed: AtomicBool,
+    /// The whole file, once read into memory ([`Segment::make_resident`]).
+    resident: OnceLock<Resident>,
+}
+
+/// A sealed segment's bytes, read into memory whole. They are reserved in
+/// the block cache, and given back when the segment is dropped.
+struct Resident {
+    bytes: Box<[u8]>,
+    cache: Arc<SegmentCache>,
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        self.cache.release(self.bytes.len());
+    }
+}
+
+impl std::fmt::Debug for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resident({} bytes)", self.bytes.len())
+    }
 }
 
 /// Blocks of sealed segments the cache holds.
@@ -91,7 +112,40 @@ impl Segment {
     pub(crate) fn open(dir: &Path, id: SegId) -> Result<Segment> {
         let file = File::open_read(&dir.join(data_name(id)))?;
         let size = file.len()?;
-        Ok(Segment { id, file, size: AtomicU64::new(size), sealed: AtomicBool::new(false) })
+        Ok(Segment { id, file, size: AtomicU64::new(size), sealed: AtomicBool::new(false), resident: OnceLock::new() })
+    }
+
+    pub(crate) fn sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    /// Reads the whole of this sealed segment into memory if `cache` can
+    /// reserve its size with all reservations within `limit` bytes: its
+    /// records are then read without a lock, a block lookup or a system
+    /// call. False (and nothing read) if it cannot, or the segment is not
+    /// sealed.
+    pub(crate) fn make_resident(&self, cache: &Arc<SegmentCache>, limit: usize) -> Result<bool> {
+        if self.resident.get().is_some() {
+            return Ok(true);
+        }
+        let size = self.size() as usize;
+        if !self.sealed() || !cache.reserve(size, limit) {
+            return Ok(false);
+        }
+        let mut bytes = vec![0u8; size];
+        if let Err(e) = self.file.read_exact_at(&mut bytes, 0) {
+            cache.release(size);
+            return Err(e);
+        }
+        // Another thread may have made it resident meanwhile: then this
+        // copy is dropped, and its reservation given back.
+        let _ = self.resident.set(Resident { bytes: bytes.into(), cache: Arc::clone(cache) });
+        Ok(true)
+    }
+
+    /// Bytes of this segment held in memory whole (0 if not resident).
+    pub(crate) fn resident_bytes(&self) -> usize {
+        self.resident.get().map_or(0, |r| r.bytes.len())
     }
 
     /// Marks the segment as never to be appended to again: its last,
@@ -208,6 +262,9 @@ impl Segment {
         };
         let at = (offset - i * CACHE_BLOCK) as usize;
         let past_end = || damage("record lies past the segment's end".into());
+        if let Some(resident) = self.resident.get() {
+            return resident.bytes.get(offset as usize..end as usize).map_or_else(|| Err(past_end()), value);
+        }
         if end <= size && cacheable(i) && (end - 1) / CACHE_BLOCK == i {
             let parse = |block: &[u8]| block.get(at..at + len as usize).map_or_else(|| Err(past_end()), value);
             // Decoded in place under the cache's lock when cached.
