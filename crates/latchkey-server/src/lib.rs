@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) pass_due: tokio::sync::Notify,
     pub(crate) stats: ServerStats,
     pub(crate) started: Instant,
+    /// Offloaded commands (lock commands) running now (see [`offload`]).
+    offloaded: AtomicU64,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Server {
             pass_due: tokio::sync::Notify::new(),
             stats: ServerStats::default(),
             started: Instant::now(),
+            offloaded: AtomicU64::new(0),
         });
         Ok(Server { listener, shared })
     }
@@ -393,20 +396,29 @@ async fn connection(
     }
 }
 
-/// Runs a command that may block (a lock command that waits for an fsync).
-/// On the multi-threaded runtime `latchkey serve` runs, in place on this
-/// worker (`block_in_place`: the worker's other tasks move to another
-/// thread meanwhile), so the command starts at once and its reply is
-/// written by the thread that ran it; on a machine whose idle CPUs halt,
-/// handing it to the blocking pool and back cost two wake-ups of a sleeping
-/// thread on every lock hand-off. On a current-thread runtime (where
-/// `block_in_place` is not allowed), on the blocking pool. A command that
-/// panics gets an error reply either way.
+/// Runs a command that may block (a lock command that waits for its
+/// grant's fsync, about 0.1 ms). On the multi-threaded runtime `latchkey
+/// serve` runs: alone, in place on this worker, as Redis fsyncs in its
+/// event loop; while another is running, with `block_in_place` (the
+/// worker's other tasks move to another thread meanwhile), so that more
+/// of them can wait on one fsync together and the connections of this
+/// worker are not held up behind them. Handing every one of them to
+/// another thread cost a wake-up of a sleeping thread on each lock
+/// hand-off on a machine whose idle CPUs halt (and the blocking pool, two).
+/// On a current-thread runtime (where `block_in_place` is not allowed), on
+/// the blocking pool. A command that panics gets an error reply either way.
 async fn offload(shared: &Arc<Shared>, work: Box<dyn FnOnce(&Shared) -> cmd::Outcome + Send>) -> cmd::Outcome {
     let failed = || cmd::Outcome::Reply(Reply::err("internal error running the command"));
     if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
         let run = std::panic::AssertUnwindSafe(|| work(shared));
-        return tokio::task::block_in_place(|| std::panic::catch_unwind(run)).unwrap_or_else(|_| failed());
+        let alone = shared.offloaded.fetch_add(1, Ordering::AcqRel) == 0;
+        let outcome = if alone {
+            std::panic::catch_unwind(run)
+        } else {
+            tokio::task::block_in_place(|| std::panic::catch_unwind(run))
+        };
+        shared.offloaded.fetch_sub(1, Ordering::AcqRel);
+        return outcome.unwrap_or_else(|_| failed());
     }
     let bg = Arc::clone(shared);
     tokio::task::spawn_blocking(move || work(&bg)).await.unwrap_or_else(|_| failed())

@@ -216,3 +216,47 @@ fn a_waiter_that_disconnects_gives_up_its_place() {
     assert_eq!(cmd("LOCK.RELEASE").arg("l").arg("A").query::<i64>(&mut a).unwrap(), 1);
     assert!(acquire(&mut a, "l", "C", 1_000, None).is_some(), "the lock went to a departed client");
 }
+
+/// Clients taking locks of their own all at once: every grant is durable
+/// before its token is returned, and grants made together share fsyncs
+/// (a lock command runs in place on its worker only while no other one is
+/// running; the others leave the worker and wait on the same fsync).
+#[test]
+fn grants_made_together_share_fsyncs() {
+    const CLIENTS: usize = 16;
+    const CYCLES: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path());
+    let fsyncs = |con: &mut redis::Connection| -> u64 {
+        let info: String = cmd("INFO").query(con).unwrap();
+        let line = info.lines().find_map(|l| l.strip_prefix("fsyncs:")).expect("INFO has fsyncs");
+        line.trim().parse().unwrap()
+    };
+    let mut admin = server.connect();
+    let before = fsyncs(&mut admin);
+    let start = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (url, start) = (server.url(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let (name, owner) = (format!("own-{i}"), format!("client-{i}"));
+                start.wait();
+                let mut last = 0;
+                for _ in 0..CYCLES {
+                    let token = acquire(&mut con, &name, &owner, 10_000, None).expect("a free lock");
+                    assert!(token > last, "tokens of {name} went back: {last} then {token}");
+                    last = token;
+                    assert_eq!(cmd("LOCK.RELEASE").arg(&name).arg(&owner).query::<i64>(&mut con).unwrap(), 1);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let grants = (CLIENTS * CYCLES) as u64;
+    let used = fsyncs(&mut admin) - before;
+    eprintln!("{grants} grants, {used} fsyncs");
+    assert!(used >= 1 && used < grants * 3 / 4, "{used} fsyncs for {grants} grants made together");
+}
