@@ -252,26 +252,35 @@ impl Inner {
     #[allow(clippy::type_complexity)]
     fn get_at(&self, key: &[u8], verified: bool) -> Result<Option<Option<(Vec<u8>, u64)>>> {
         // The keydir lock is held while the segment is looked up, so a merge
-        // (which repoints keys before it drops segments) cannot slip between.
-        let (loc, seg) = {
-            let kd = self.keydir.read();
-            let loc = if verified { kd.get(key) } else { kd.get_by_hash(key) };
-            let Some(loc) = loc else {
-                return Ok(Some(None));
-            };
-            (loc, self.segments.read().get(&loc.seg).cloned())
+        // (which repoints keys before it drops segments) cannot slip between;
+        // a record of a segment held in memory whole is read under it too
+        // (no reference to the segment taken), any other after it is let go.
+        let kd = self.keydir.read();
+        let loc = if verified { kd.get(key) } else { kd.get_by_hash(key) };
+        let Some(loc) = loc else {
+            return Ok(Some(None));
         };
-        let seg = seg.ok_or_else(|| {
+        let segs = self.segments.read();
+        let seg = segs.get(&loc.seg).ok_or_else(|| {
             Error::corruption(
                 &self.dir,
                 loc.offset,
                 format!("index points at missing segment {}", segment::data_name(loc.seg)),
             )
         })?;
-        let value = if verified {
-            Some(seg.read_value(key, loc.offset, loc.len, &self.cache)?)
-        } else {
+        let value = if seg.is_resident() {
             seg.read_value_of(key, loc.offset, loc.len, &self.cache)?
+        } else {
+            let seg = Arc::clone(seg);
+            drop((segs, kd));
+            seg.read_value_of(key, loc.offset, loc.len, &self.cache)?
+        };
+        let value = match value {
+            None if verified => {
+                let path = segment::data_path(&self.dir, loc.seg);
+                return Err(Error::corruption(path, loc.offset, "record is not the one the index points at"));
+            }
+            v => v,
         };
         Ok(value.map(|v| Some((v, loc.expires_at))))
     }

@@ -143,6 +143,11 @@ impl Segment {
         Ok(true)
     }
 
+    /// Whether this segment is held in memory whole (its reads do no I/O).
+    pub(crate) fn is_resident(&self) -> bool {
+        self.resident.get().is_some()
+    }
+
     /// Bytes of this segment held in memory whole (0 if not resident).
     pub(crate) fn resident_bytes(&self) -> usize {
         self.resident.get().map_or(0, |r| r.bytes.len())
