@@ -363,4 +363,47 @@ mod tests {
             assert!(seg.read_value(key, at, len as u32, &cold).is_err(), "{key:?} read from a cold cache");
         }
     }
+
+    /// Only a sealed segment is read whole, and only within the limit; it
+    /// is then served from memory (its file can change under it), every
+    /// record still checked on read, and its reservation is given back
+    /// when it is dropped.
+    #[test]
+    fn resident_segments_are_sealed_within_the_limit_and_checked_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = active_id(1);
+        let mut file = vec![0u8; crate::log::FILE_HEADER_LEN as usize];
+        let mut records = Vec::new();
+        for i in 0..50u8 {
+            let at = file.len();
+            codec::Record { kind: Kind::Put, seq: 1, expires_at: 0, key: &[b'k', i], value: &[i; 200] }
+                .encode_into(&mut file);
+            records.push((i, at as u64, (file.len() - at) as u32));
+        }
+        std::fs::write(dir.path().join(data_name(id)), &file).unwrap();
+        let cache = Arc::new(SegmentCache::new(1 << 20));
+        let seg = Segment::open(dir.path(), id).unwrap();
+        assert!(!seg.make_resident(&cache, 1 << 20).unwrap(), "the active segment was made resident");
+        seg.seal();
+        assert!(!seg.make_resident(&cache, file.len() - 1).unwrap(), "resident past the limit");
+        assert_eq!(cache.reserved(), 0);
+        assert!(seg.make_resident(&cache, 1 << 20).unwrap());
+        assert_eq!((seg.resident_bytes(), cache.reserved()), (file.len(), file.len()));
+        std::fs::write(dir.path().join(data_name(id)), vec![0u8; file.len()]).unwrap();
+        for &(i, at, len) in &records {
+            assert_eq!(seg.read_value(&[b'k', i], at, len, &cache).unwrap(), vec![i; 200]);
+        }
+        drop(seg);
+        assert_eq!(cache.reserved(), 0, "a dropped segment kept its reservation");
+
+        let (_, at, len) = records[30];
+        file[at as usize + 40] ^= 1;
+        std::fs::write(dir.path().join(data_name(id)), &file).unwrap();
+        let seg = Segment::open(dir.path(), id).unwrap();
+        seg.seal();
+        assert!(seg.make_resident(&cache, 1 << 20).unwrap());
+        assert!(seg.read_value(&[b'k', 30], at, len, &cache).is_err(), "a damaged record was served");
+        let (_, at, len) = records[29];
+        assert_eq!(seg.read_value(&[b'k', 29], at, len, &cache).unwrap(), vec![29; 200]);
+    }
 }
