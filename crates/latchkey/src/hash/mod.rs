@@ -539,6 +539,9 @@ impl Inner {
         let mut refused = 0;
         let segments: Vec<Arc<Segment>> = self.segments.read().values().rev().cloned().collect();
         'segments: for seg in segments {
+            if !self.segments.read().contains_key(&seg.id) {
+                continue; // merged away since
+            }
             // A sealed segment is read whole if the cache can spare it,
             // up to half the cache (the rest is for blocks, the active
             // segment's among them).

@@ -115,6 +115,7 @@ impl Segment {
         Ok(Segment { id, file, size: AtomicU64::new(size), sealed: AtomicBool::new(false), resident: OnceLock::new() })
     }
 
+    /// Whether the segment will never be appended to again.
     pub(crate) fn sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
@@ -195,7 +196,7 @@ impl Segment {
     /// full ones of the active one.
     pub(crate) fn cacheable_blocks(&self) -> u64 {
         let size = self.size();
-        if self.sealed.load(Ordering::Acquire) {
+        if self.sealed() {
             size.div_ceil(CACHE_BLOCK)
         } else {
             size / CACHE_BLOCK
@@ -255,7 +256,7 @@ impl Segment {
         // of a sealed segment, and the full blocks of the active one
         // (appends never change written bytes).
         let size = self.size();
-        let sealed = self.sealed.load(Ordering::Acquire);
+        let sealed = self.sealed();
         let cacheable = |block: u64| sealed || (block + 1) * CACHE_BLOCK <= size;
         // The value of the record that is exactly `buf`, if it is `key`'s.
         let value = |buf: &[u8]| -> Result<Option<Vec<u8>>> {
