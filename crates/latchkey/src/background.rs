@@ -22,7 +22,7 @@ impl Background {
         dir: &Path,
         work: impl FnOnce(mpsc::Receiver<()>) + Send + 'static,
     ) -> Result<Self> {
-        Background::none().with_thread(name, dir, work)
+        Background::none().with_thread_if(true, name, dir, work)
     }
 
     /// No threads yet (see [`Background::with_interval_syncs`]).
@@ -38,14 +38,18 @@ impl Background {
         Ok(())
     }
 
-    /// Also starts `work` on a thread named `name` (as [`Background::spawn`]).
-    pub(crate) fn with_thread(
+    /// If `on` (an option that enables the thread), also starts `work` on
+    /// a thread named `name` (as [`Background::spawn`]); otherwise nothing.
+    pub(crate) fn with_thread_if(
         self,
+        on: bool,
         name: &str,
         dir: &Path,
         work: impl FnOnce(mpsc::Receiver<()>) + Send + 'static,
     ) -> Result<Self> {
-        self.add(name, dir, work)?;
+        if on {
+            self.add(name, dir, work)?;
+        }
         Ok(self)
     }
 

@@ -205,12 +205,9 @@ impl BtreeStore {
         // Checkpoints run in the writer that fills the log: the threads
         // are the pool's warm-up, and the syncs of `Sync::Interval`.
         let (warm, syncs) = (Arc::clone(&inner), Arc::clone(&inner));
-        let mut background = Background::none();
-        if inner.opts.warm_cache {
-            background = background.with_thread("latchkey-btree-warm", dir, move |stop| warm.warm_pool(&stop))?;
-        }
-        let background =
-            background.with_interval_syncs("latchkey-btree-sync", dir, inner.opts.sync.interval(), move || {
+        let background = Background::none()
+            .with_thread_if(inner.opts.warm_cache, "latchkey-btree-warm", dir, move |stop| warm.warm_pool(&stop))?
+            .with_interval_syncs("latchkey-btree-sync", dir, inner.opts.sync.interval(), move || {
                 syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors)
             })?;
         Ok(BtreeStore { inner, background })

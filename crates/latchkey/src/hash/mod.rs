@@ -155,12 +155,9 @@ impl HashStore {
             _lock: lock,
         });
         let (bg, syncs, warm) = (Arc::clone(&inner), Arc::clone(&inner), Arc::clone(&inner));
-        let mut background = Background::spawn("latchkey-hash-bg", dir, move |stop| bg.background(stop))?;
-        if inner.opts.warm_cache {
-            background = background.with_thread("latchkey-hash-warm", dir, move |stop| warm.warm_cache(&stop))?;
-        }
-        let background =
-            background.with_interval_syncs("latchkey-hash-sync", dir, inner.opts.sync.interval(), move || {
+        let background = Background::spawn("latchkey-hash-bg", dir, move |stop| bg.background(stop))?
+            .with_thread_if(inner.opts.warm_cache, "latchkey-hash-warm", dir, move |stop| warm.warm_cache(&stop))?
+            .with_interval_syncs("latchkey-hash-sync", dir, inner.opts.sync.interval(), move || {
                 syncs.durability.interval_sync(|| syncs.sync_all(), &syncs.counters.background_errors)
             })?;
         Ok(HashStore { inner, background })
