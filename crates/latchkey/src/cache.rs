@@ -33,6 +33,17 @@ struct Shard<V: ?Sized> {
     spare: Vec<Arc<V>>,
 }
 
+impl<V: ?Sized> Shard<V> {
+    /// Keeps `block` under `key`, counted as `size` bytes and as the newest
+    /// (a block already there is replaced and keeps its place).
+    fn put(&mut self, key: Key, block: Arc<V>, size: usize) {
+        if self.map.insert(key, (block, size)).is_none() {
+            self.order.push_back(key);
+            self.bytes += size;
+        }
+    }
+}
+
 impl<V: ?Sized> Default for Shard<V> {
     fn default() -> Self {
         Shard { map: HashMap::default(), order: VecDeque::new(), bytes: 0, spare: Vec::new() }
@@ -130,10 +141,7 @@ impl<V: ?Sized> BlockCache<V> {
         if s.bytes + size > self.shard_room() {
             return false;
         }
-        if s.map.insert(key, (block, size)).is_none() {
-            s.order.push_back(key);
-            s.bytes += size;
-        }
+        s.put(key, block, size);
         true
     }
 
@@ -154,10 +162,7 @@ impl<V: ?Sized> BlockCache<V> {
             return;
         }
         let mut s = self.shard(key).lock();
-        if s.map.insert(key, (block, size)).is_none() {
-            s.order.push_back(key);
-            s.bytes += size;
-        }
+        s.put(key, block, size);
         self.evict_to(&mut s, room);
     }
 
