@@ -127,7 +127,8 @@ pub struct Options {
     /// cache (hash: newest first, whole or in blocks, until the cache is
     /// nearly full), so the
     /// first reads and writes after a restart find their data in memory.
-    /// Open does not wait for it, and it evicts nothing.
+    /// Open does not wait for it, and it evicts nothing. (hash: a merge
+    /// also reads its output segments whole while half the cache allows.)
     pub warm_cache: bool,
 }
 

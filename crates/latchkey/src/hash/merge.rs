@@ -145,7 +145,32 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
         bytes_out = report.bytes_out,
         "merge finished"
     );
+    // The inputs' memory is given back as their last reader lets go; the
+    // outputs (just written, so read from the page cache) take it.
+    drop(inputs);
+    if inner.opts.warm_cache {
+        make_resident(inner, &commit.outputs);
+    }
     Ok(report)
+}
+
+/// Reads the merge's `outputs` into memory whole, oldest first, while the
+/// block cache can reserve them within the warm-up's limit (half the
+/// cache): without this a long-running store's reads would go back to
+/// cached blocks after its first merge, as only the warm-up at open reads
+/// segments whole. A failure only leaves a segment to be read in blocks.
+fn make_resident(inner: &Inner, outputs: &[SegId]) {
+    for id in outputs {
+        let Some(seg) = inner.segments.read().get(id).cloned() else { continue };
+        match seg.make_resident(&inner.cache, inner.cache.capacity() / 2) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, segment = id, "a merged segment stays on disk");
+                return;
+            }
+        }
+    }
 }
 
 /// The offsets of the records the keydir points at in each input (every

@@ -742,18 +742,32 @@ mod tests {
         assert!(before > 0);
         assert_eq!(store.inner.cache.reserved(), before);
         read_back(&store);
-        // A merge drops the segments it read: their memory is given back.
+        // A merge drops the segments it read (their memory is given back)
+        // and reads its outputs whole in their place.
+        let inputs: Vec<SegId> = segs.iter().filter(|s| s.sealed()).map(|s| s.id).collect();
         drop(segs);
         store.compact().unwrap();
-        assert!(resident(&store) < before, "{} of {before} bytes still resident", resident(&store));
-        assert_eq!(store.inner.cache.reserved(), resident(&store));
+        let segs: Vec<_> = store.inner.segments.read().values().cloned().collect();
+        let outputs: Vec<_> = segs.iter().filter(|s| s.sealed() && !inputs.contains(&s.id)).collect();
+        assert!(!outputs.is_empty() && segs.iter().all(|s| !inputs.contains(&s.id)));
+        for s in outputs {
+            assert_eq!(s.resident_bytes(), s.size() as usize, "merge output {} is not resident", s.id);
+        }
+        assert_eq!(store.inner.cache.reserved(), resident(&store), "the inputs' reservations are given back");
         read_back(&store);
+        drop(segs);
         store.close().unwrap();
         drop(store);
 
+        // With warm_cache off: nothing cached after open, nothing read
+        // whole after a merge.
         let store = HashStore::open(dir.path(), opts(8 << 20, false)).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(store.inner.cache.bytes() + resident(&store), 0, "cached without a warm-up");
+        read_back(&store);
+        store.write(WriteBatch::new().put("key00000", value(0)), false).unwrap();
+        store.compact().unwrap();
+        assert_eq!(resident(&store), 0, "read whole without warm_cache");
         read_back(&store);
     }
 }
