@@ -94,6 +94,13 @@ fn hash(key: &[u8]) -> u32 {
     crc32c::crc32c(key).wrapping_mul(0x9E37_79B1)
 }
 
+/// The slot a probe for hash `h` starts at in a table of 2^`bits` slots
+/// (chosen by the hash's high bits), and the mask that wraps the probe.
+fn home(h: u32, bits: u32) -> (usize, usize) {
+    let mask = (1usize << bits) - 1;
+    ((h >> (32 - bits.max(1))) as usize & mask, mask)
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
@@ -145,11 +152,10 @@ impl KeyTable {
         out.extend_from_slice(&(key_bytes as u64).to_le_bytes());
         let slots_at = out.len();
         out.resize(slots_at + (SLOT_LEN << bits), 0);
-        let mask = (1usize << bits) - 1;
         let mut key_off = 0u32;
         for (key, loc) in entries {
             let h = hash(key);
-            let mut slot = (h >> (32 - bits.max(1))) as usize & mask;
+            let (mut slot, mask) = home(h, bits);
             while u64_at(&out, slots_at + slot * SLOT_LEN + 16) != 0 {
                 slot = (slot + 1) & mask;
             }
@@ -312,9 +318,8 @@ impl KeyTable {
 
     /// The slots that hold `key`'s 32-bit hash, in probe order.
     fn probe<'a>(&'a self, key: &[u8]) -> impl Iterator<Item = usize> + 'a {
-        let mask = (1usize << self.bits) - 1;
         let h = hash(key);
-        let mut slot = (h >> (32 - self.bits.max(1))) as usize & mask;
+        let (mut slot, mask) = home(h, self.bits);
         let mut done = self.count == 0;
         std::iter::from_fn(move || {
             while !done {
@@ -346,9 +351,8 @@ impl KeyTable {
         // taken (a slot before it with another key and the same 11 bits
         // makes the caller's check of the key fail, and it falls back to
         // `get`: about 1 lookup in 4,000 at the table's load).
-        let mask = (1usize << self.bits) - 1;
         let h = hash(key);
-        let mut slot = (h >> (32 - self.bits.max(1))) as usize & mask;
+        let (mut slot, mask) = home(h, self.bits);
         loop {
             let e = self.short[slot];
             if e == 0 {
