@@ -105,9 +105,12 @@ pub struct Options {
     /// `lsm`: writers wait while this many full memtables await a flush.
     pub max_immutable_memtables: usize,
     /// `lsm` and `hash`: bytes of blocks kept in memory (lsm: table data
-    /// blocks; hash: 8 KiB blocks of sealed segments and full blocks of the
-    /// active one, so hot values are read without a system call, and up to
-    /// half of it sealed segments the warm-up read whole).
+    /// blocks; hash: a quarter of it, at most `segment_size`, is a ring of
+    /// the newest bytes written to the active segment, from which gets of
+    /// recent writes are answered; the rest holds 8 KiB blocks of sealed
+    /// segments and full blocks of the active one, so hot values are read
+    /// without a system call, and up to half of it, the ring included,
+    /// sealed segments the warm-up read whole).
     pub block_cache_size: usize,
     /// `lsm`: compaction writes tables of about this many bytes.
     pub target_file_size: u64,

@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 
 use super::segment::SegId;
 use super::table::KeyTable;
+use super::tail::Tail;
 
 /// Where a key's newest record lies, and what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,11 +56,15 @@ pub(crate) struct KeyDir {
     /// Live record bytes per segment; a segment's dead bytes are its size
     /// minus this.
     pub(crate) live: BTreeMap<SegId, u64>,
+    /// The newest bytes of the active segment: kept here so a get reads
+    /// them under the lock it looks the key up with, and the writer adds
+    /// them under the lock it repoints the keys with.
+    pub(crate) tail: Tail,
 }
 
 impl KeyDir {
     pub(crate) fn new(base: KeyTable) -> Self {
-        KeyDir { base, overlay: HashMap::default(), live: BTreeMap::new() }
+        KeyDir { base, overlay: HashMap::default(), live: BTreeMap::new(), tail: Tail::default() }
     }
 
     /// Where `key`'s value lies, if it has one.

@@ -258,14 +258,7 @@ impl Segment {
         let size = self.size();
         let sealed = self.sealed();
         let cacheable = |block: u64| sealed || (block + 1) * CACHE_BLOCK <= size;
-        // The value of the record that is exactly `buf`, if it is `key`'s.
-        let value = |buf: &[u8]| -> Result<Option<Vec<u8>>> {
-            let (rec, n) = codec::decode(buf).map_err(|e| damage(e.to_string()))?;
-            if n != buf.len() || rec.kind != Kind::Put {
-                return Err(damage("record is not the one the index points at".into()));
-            }
-            Ok((rec.key == key).then(|| rec.value.to_vec()))
-        };
+        let value = |buf: &[u8]| value_of(buf, key).map_err(damage);
         let at = (offset - i * CACHE_BLOCK) as usize;
         let past_end = || damage("record lies past the segment's end".into());
         if let Some(resident) = self.resident.get() {
@@ -292,6 +285,16 @@ impl Segment {
         self.file.read_exact_at(&mut buf, offset)?;
         value(&buf)
     }
+}
+
+/// The value of the put record that is exactly `buf`, if it is `key`'s;
+/// the reason if `buf` is not one whole put record.
+pub(crate) fn value_of(buf: &[u8], key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    let (rec, n) = codec::decode(buf).map_err(|e| e.to_string())?;
+    if n != buf.len() || rec.kind != Kind::Put {
+        return Err("record is not the one the index points at".into());
+    }
+    Ok((rec.key == key).then(|| rec.value.to_vec()))
 }
 
 /// Path of segment `id`'s data file in `dir`.

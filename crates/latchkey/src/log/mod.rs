@@ -90,6 +90,8 @@ pub struct LogWriter {
     /// Records held by [`LogWriter::defer`], not written yet: the next
     /// append, flush, sync or seal writes them first.
     deferred: Vec<u8>,
+    /// The records the last flush wrote (see [`LogWriter::flush_written`]).
+    flushed: Vec<u8>,
 }
 
 /// How far ahead a preallocating [`LogWriter`] grows its file.
@@ -108,6 +110,7 @@ impl LogWriter {
             allocated: FILE_HEADER_LEN,
             preallocate: false,
             deferred: Vec::new(),
+            flushed: Vec::new(),
         })
     }
 
@@ -119,7 +122,7 @@ impl LogWriter {
             file.set_len(len)?;
             file.sync_all()?;
         }
-        Ok(LogWriter { file, len, allocated: len, preallocate: false, deferred: Vec::new() })
+        Ok(LogWriter { file, len, allocated: len, preallocate: false, deferred: Vec::new(), flushed: Vec::new() })
     }
 
     /// Makes later appends grow the file ahead of them (see the type's
@@ -153,14 +156,23 @@ impl LogWriter {
 
     /// Writes the deferred records.
     pub fn flush(&mut self) -> Result<()> {
+        self.flush_written().map(|_| ())
+    }
+
+    /// Like [`LogWriter::flush`], and returns the bytes it wrote and the
+    /// offset they start at (none if nothing was deferred).
+    pub fn flush_written(&mut self) -> Result<(u64, &[u8])> {
+        let at = self.len;
         if self.deferred.is_empty() {
-            return Ok(());
+            return Ok((at, &[]));
         }
+        // The two buffers take turns, so neither is allocated again.
         let buf = std::mem::take(&mut self.deferred);
         let written = self.write(&buf);
-        self.deferred = buf;
+        self.deferred = std::mem::replace(&mut self.flushed, buf);
         self.deferred.clear();
-        written.map(|_| ())
+        written?;
+        Ok((at, &self.flushed))
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<u64> {
