@@ -51,7 +51,9 @@ pub(crate) struct Durability {
     arrivals: AtomicU64,
     /// Log bytes (a log sequence number) known to be on stable storage.
     synced_lsn: AtomicU64,
-    poison: Mutex<Option<String>>,
+    /// The first failure's cause, once poisoned (read on every write: a
+    /// plain load, no lock).
+    poison: std::sync::OnceLock<String>,
     closed: AtomicBool,
     /// Log fsyncs made.
     pub(crate) syncs: AtomicU64,
@@ -70,7 +72,7 @@ impl Durability {
 
     pub(crate) fn check_writable(&self) -> Result<()> {
         self.check_open()?;
-        match &*self.poison.lock() {
+        match self.poison.get() {
             Some(cause) => Err(Error::Poisoned { cause: cause.clone() }),
             None => Ok(()),
         }
@@ -80,11 +82,11 @@ impl Durability {
     /// the database is reopened. A failed fsync is never retried.
     pub(crate) fn poison(&self, e: &Error) {
         tracing::error!(error = %e, "write failure: the database now refuses writes");
-        self.poison.lock().get_or_insert_with(|| e.to_string());
+        let _ = self.poison.set(e.to_string()); // the first cause stays
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {
-        self.poison.lock().is_some()
+        self.poison.get().is_some()
     }
 
     fn is_closed(&self) -> bool {
