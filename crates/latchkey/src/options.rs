@@ -109,8 +109,8 @@ pub struct Options {
     /// the newest bytes written to the active segment, from which gets of
     /// recent writes are answered; the rest holds 8 KiB blocks of sealed
     /// segments and full blocks of the active one, so hot values are read
-    /// without a system call, and up to half of it, the ring included,
-    /// sealed segments the warm-up read whole).
+    /// without a system call, and up to half of it, besides the ring,
+    /// sealed segments the warm-up or a merge read whole).
     pub block_cache_size: usize,
     /// `lsm`: compaction writes tables of about this many bytes.
     pub target_file_size: u64,

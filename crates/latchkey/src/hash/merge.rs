@@ -162,7 +162,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
 fn make_resident(inner: &Inner, outputs: &[SegId]) {
     for id in outputs {
         let Some(seg) = inner.segments.read().get(id).cloned() else { continue };
-        match seg.make_resident(&inner.cache, inner.cache.capacity() / 2) {
+        match seg.make_resident(&inner.cache, inner.resident_limit) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {

@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     merge_lock: Mutex<()>,
     /// Cached segment blocks (`Options::block_cache_size` bytes): see [`Segment`].
     cache: Arc<segment::SegmentCache>,
+    /// Bytes the cache may have reserved for segments read whole: half
+    /// of it, beyond the ring of newest writes (see [`tail`]).
+    resident_limit: usize,
     counters: Counters,
     /// Bytes of expired records the keydir still points at, as of the last
     /// sweep; counted as dead for the merge trigger.
@@ -138,6 +141,7 @@ impl HashStore {
         // segment, as the ring starts over with each).
         let ring = (opts.block_cache_size / 4).min(usize::try_from(opts.segment_size).unwrap_or(usize::MAX));
         keydir.tail = tail::Tail::new(ring, &cache);
+        let resident_limit = cache.capacity() / 2 + keydir.tail.capacity();
         let inner = Arc::new(Inner {
             dir: dir.to_owned(),
             opts,
@@ -156,6 +160,7 @@ impl HashStore {
             durability: Durability::default(),
             merge_lock: Mutex::new(()),
             cache,
+            resident_limit,
             counters: Counters::default(),
             expired_bytes: AtomicU64::new(0),
             _lock: lock,
@@ -556,7 +561,7 @@ impl Inner {
             // A sealed segment is read whole if the cache can spare it,
             // up to half the cache (the rest is for blocks, the active
             // segment's among them).
-            match seg.make_resident(&self.cache, self.cache.capacity() / 2) {
+            match seg.make_resident(&self.cache, self.resident_limit) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -796,14 +801,22 @@ mod tests {
             }
         };
         // A cache smaller than the data: filled to at most its size, at most
-        // half of it with resident segments, from the newest segment.
+        // half of it with resident segments (beyond the ring of newest
+        // writes, a quarter of it), from the newest segment.
         let small = 16 * 2 * (CACHE_BLOCK as usize + 64);
         let store = HashStore::open(dir.path(), opts(small, true)).unwrap();
         let held = settled(&store);
         let reserved = store.inner.cache.reserved();
+        let ring = store.inner.keydir.read().tail.capacity();
+        assert_eq!(ring, (small / 4).min(64 << 10));
+        assert_eq!(
+            store.inner.resident_limit,
+            small / 2 + ring,
+            "half the cache for resident segments, beyond the ring"
+        );
         assert!(
-            held > 0 && held <= small && reserved <= small / 2,
-            "{held} bytes held, {reserved} reserved, of {small}"
+            held > 0 && held <= small && reserved - ring <= small / 2 && reserved - ring > 0,
+            "{held} bytes held, {reserved} reserved ({ring} by the ring), of {small}"
         );
         let per_seg = in_memory(&store);
         let (older, newer) = per_seg.split_at(per_seg.len() / 2);

@@ -49,7 +49,6 @@ impl Tail {
     }
 
     /// Bytes the ring can hold.
-    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.ring.len()
     }
