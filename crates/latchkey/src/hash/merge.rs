@@ -156,7 +156,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
 
 /// Reads the merge's `outputs` into memory whole, oldest first, while the
 /// block cache can reserve them within the warm-up's limit (half the
-/// cache): without this a long-running store's reads would go back to
+/// cache, besides the ring of newest writes): without this a long-running store's reads would go back to
 /// cached blocks after its first merge, as only the warm-up at open reads
 /// segments whole. A failure only leaves a segment to be read in blocks.
 fn make_resident(inner: &Inner, outputs: &[SegId]) {

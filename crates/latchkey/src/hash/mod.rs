@@ -261,8 +261,9 @@ impl Inner {
     fn get_at(&self, key: &[u8], verified: bool) -> Result<Option<Option<(Vec<u8>, u64)>>> {
         // The keydir lock is held while the segment is looked up, so a merge
         // (which repoints keys before it drops segments) cannot slip between;
-        // a record of a segment held in memory whole is read under it too
-        // (no reference to the segment taken), any other after it is let go.
+        // a record in the ring of newest writes (which the lock guards) or
+        // of a segment held in memory whole is read under it too (no
+        // reference to the segment taken), any other after it is let go.
         let kd = self.keydir.read();
         let loc = if verified { kd.get(key) } else { kd.get_by_hash(key) };
         let Some(loc) = loc else {
@@ -559,8 +560,8 @@ impl Inner {
                 continue; // merged away since
             }
             // A sealed segment is read whole if the cache can spare it,
-            // up to half the cache (the rest is for blocks, the active
-            // segment's among them).
+            // up to half the cache besides the ring of newest writes (the
+            // rest is for blocks, the active segment's among them).
             match seg.make_resident(&self.cache, self.resident_limit) {
                 Ok(true) => continue,
                 Ok(false) => {}
