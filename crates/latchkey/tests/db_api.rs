@@ -54,28 +54,38 @@ fn a_directory_that_is_not_latchkeys_is_refused() {
 #[test]
 fn concurrent_writers_share_fsyncs() {
     for &engine in Engine::all() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Db::open(dir.path(), Options::new(engine)).unwrap());
-        let threads: Vec<_> = (0..8u8)
-            .map(|t| {
-                let db = Arc::clone(&db);
-                std::thread::spawn(move || {
-                    for i in 0..100u8 {
-                        db.put([t, i], [i; 10]).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let s = db.stats();
-        assert_eq!(s.writes, 800);
         // Every fsync covers the writes made while the one before it ran:
         // 8 writers share each (about 5 writes per fsync on 2 cores);
-        // without group commit it would be 800.
-        assert!(s.syncs < 400, "{engine}: {} fsyncs for 800 concurrent writes: little group commit", s.syncs);
-        assert!(s.syncs > 0);
+        // without group commit it would be 800. Sharing needs the writers
+        // to get a CPU while the leader fsyncs, so a busy machine can
+        // spoil one attempt (431 and 479 fsyncs seen with two busy loops
+        // on 2 cores): the best of three must show it.
+        let mut fewest = u64::MAX;
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Arc::new(Db::open(dir.path(), Options::new(engine)).unwrap());
+            let threads: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let db = Arc::clone(&db);
+                    std::thread::spawn(move || {
+                        for i in 0..100u8 {
+                            db.put([t, i], [i; 10]).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let s = db.stats();
+            assert_eq!(s.writes, 800);
+            assert!(s.syncs > 0);
+            fewest = fewest.min(s.syncs);
+            if fewest < 400 {
+                break;
+            }
+        }
+        assert!(fewest < 400, "{engine}: at best {fewest} fsyncs for 800 concurrent writes: little group commit");
     }
 }
 
