@@ -372,9 +372,15 @@ impl Inner {
         if !w.log.has_deferred() {
             return Ok(());
         }
-        let (at, written) = w.log.flush_written().inspect_err(|e| self.durability.poison(e))?;
-        let mut kd = self.keydir.write();
-        kd.tail.write(w.active.id, at, written);
+        let seg = w.active.id;
+        let kd = w.log.flush_then(|at, written| {
+            let mut kd = self.keydir.write();
+            kd.tail.write(seg, at, written);
+            kd
+        });
+        let Some(mut kd) = kd.inspect_err(|e| self.durability.poison(e))? else {
+            return Ok(());
+        };
         w.active.set_size(w.log.len());
         for (key, change) in w.deferred.drain(..) {
             change.apply(&mut kd, &key);

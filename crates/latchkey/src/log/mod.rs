@@ -90,8 +90,6 @@ pub struct LogWriter {
     /// Records held by [`LogWriter::defer`], not written yet: the next
     /// append, flush, sync or seal writes them first.
     deferred: Vec<u8>,
-    /// The records the last flush wrote (see [`LogWriter::flush_written`]).
-    flushed: Vec<u8>,
 }
 
 /// How far ahead a preallocating [`LogWriter`] grows its file.
@@ -110,7 +108,6 @@ impl LogWriter {
             allocated: FILE_HEADER_LEN,
             preallocate: false,
             deferred: Vec::new(),
-            flushed: Vec::new(),
         })
     }
 
@@ -122,7 +119,7 @@ impl LogWriter {
             file.set_len(len)?;
             file.sync_all()?;
         }
-        Ok(LogWriter { file, len, allocated: len, preallocate: false, deferred: Vec::new(), flushed: Vec::new() })
+        Ok(LogWriter { file, len, allocated: len, preallocate: false, deferred: Vec::new() })
     }
 
     /// Makes later appends grow the file ahead of them (see the type's
@@ -156,23 +153,22 @@ impl LogWriter {
 
     /// Writes the deferred records.
     pub fn flush(&mut self) -> Result<()> {
-        self.flush_written().map(|_| ())
+        self.flush_then(|_, _| ()).map(|_| ())
     }
 
-    /// Like [`LogWriter::flush`], and returns the bytes it wrote and the
-    /// offset they start at (none if nothing was deferred).
-    pub fn flush_written(&mut self) -> Result<(u64, &[u8])> {
-        let at = self.len;
+    /// Like [`LogWriter::flush`], then calls `written` with the offset the
+    /// written records start at and their bytes (if any were deferred and
+    /// the write succeeded), and returns what it returns.
+    pub fn flush_then<R>(&mut self, written: impl FnOnce(u64, &[u8]) -> R) -> Result<Option<R>> {
         if self.deferred.is_empty() {
-            return Ok((at, &[]));
+            return Ok(None);
         }
-        // The two buffers take turns, so neither is allocated again.
+        let at = self.len;
         let buf = std::mem::take(&mut self.deferred);
-        let written = self.write(&buf);
-        self.deferred = std::mem::replace(&mut self.flushed, buf);
+        let result = self.write(&buf).map(|_| written(at, &buf));
+        self.deferred = buf;
         self.deferred.clear();
-        written?;
-        Ok((at, &self.flushed))
+        result.map(Some)
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<u64> {
