@@ -12,6 +12,7 @@ mod cmd;
 pub mod config;
 pub mod resp;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -253,14 +254,27 @@ fn run_buffered(
 ) -> Next {
     let limits = shared.config.limits;
     let mut tx = cmd::Tx::new(shared);
+    // Whole commands parsed ahead, with the bytes each took: a pipeline's
+    // keys are handed to the store together first (see `Db::prefetch`).
+    let mut ahead: VecDeque<(Vec<Vec<u8>>, usize)> = VecDeque::new();
     let next = loop {
-        let (args, used) = match resp::parse(input, &limits) {
-            Ok(x) => x,
-            Err(ParseError::Incomplete) => break Next::Drained,
-            Err(ParseError::Protocol(msg)) => {
-                Reply::err(msg).encode(out, client.resp3);
-                break Next::Close;
+        if ahead.is_empty() {
+            parse_ahead(input, &limits, &mut ahead);
+            if ahead.len() > 1 {
+                shared.db.prefetch(ahead.iter().filter_map(|(args, _)| args.get(1)));
             }
+        }
+        let (args, used) = match ahead.pop_front() {
+            Some(x) => x,
+            // Nothing parsed ahead: what follows is incomplete or malformed.
+            None => match resp::parse(input, &limits) {
+                Ok(x) => x,
+                Err(ParseError::Incomplete) => break Next::Drained,
+                Err(ParseError::Protocol(msg)) => {
+                    Reply::err(msg).encode(out, client.resp3);
+                    break Next::Close;
+                }
+            },
         };
         input.advance(used);
         if args.is_empty() {
@@ -292,6 +306,25 @@ fn run_buffered(
         return Next::Failed(cmd::writes_failed(e));
     }
     next
+}
+
+/// Commands parsed ahead of running them.
+const PARSE_AHEAD: usize = 32;
+
+/// Parses up to [`PARSE_AHEAD`] whole commands at the start of `input`
+/// (without consuming them) into `ahead`, stopping at an incomplete or
+/// malformed one, which the caller then meets by parsing it itself.
+fn parse_ahead(input: &[u8], limits: &resp::Limits, ahead: &mut VecDeque<(Vec<Vec<u8>>, usize)>) {
+    let mut at = 0;
+    while ahead.len() < PARSE_AHEAD {
+        match resp::parse(&input[at..], limits) {
+            Ok((args, used)) => {
+                at += used;
+                ahead.push_back((args, used));
+            }
+            Err(_) => break,
+        }
+    }
 }
 
 /// Serves one client: reads whatever it sent, runs every whole command in

@@ -161,13 +161,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Random pipelines answer exactly as the commands run one by one
-    /// would, and what they wrote is there after a restart.
+    /// would, and what they wrote is there after a restart. Over the
+    /// `lsm` and `hash` engines (`hash` acts on the prefetch of a
+    /// pipeline's keys); pipelines longer than the 32 commands parsed
+    /// ahead at a time included.
     #[test]
     fn pipelines_answer_as_commands_run_one_by_one(
-        pipelines in proptest::collection::vec(proptest::collection::vec(op(), 1..40), 1..6)
+        pipelines in proptest::collection::vec(proptest::collection::vec(op(), 1..80), 1..6),
+        hash in proptest::bool::ANY,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let server = common::start(dir.path());
+        let engine = if hash { latchkey::Engine::Hash } else { latchkey::Engine::Lsm };
+        let server = common::start_engine(dir.path(), engine);
         let mut con = server.connect();
         let mut model = HashMap::new();
         for ops in &pipelines {
@@ -178,18 +183,25 @@ proptest! {
         }
         drop(con);
         server.stop();
-        let server = common::start(dir.path());
+        let server = common::start_engine(dir.path(), engine);
         let mut con = server.connect();
         prop_assert_eq!(snapshot(&mut con), model);
     }
 }
 
 /// Eight connections pipelining increments of one key lose none: each
-/// connection sees its own replies rise, and the total is exact.
+/// connection sees its own replies rise, and the total is exact (`lsm`
+/// and `hash`).
 #[test]
 fn concurrent_pipelined_increments_lose_no_update() {
+    for engine in [latchkey::Engine::Lsm, latchkey::Engine::Hash] {
+        concurrent_pipelined_increments(engine);
+    }
+}
+
+fn concurrent_pipelined_increments(engine: latchkey::Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path());
+    let server = common::start_engine(dir.path(), engine);
     let (clients, rounds, depth) = (8, 40, 25);
     std::thread::scope(|scope| {
         for _ in 0..clients {

@@ -99,6 +99,73 @@ fn a_closed_database_refuses_calls() {
     assert!(matches!(other.put(b"k", b"v"), Err(Error::Closed)));
 }
 
+/// `Db::prefetch` is a hint: on every engine, over keys present, deleted,
+/// expired, never written, empty or over the length limit, in the ring of
+/// newest writes, in merged segments or after a reopen, it changes no
+/// answer (checked against a model), and on a closed database it is
+/// harmless.
+#[test]
+fn prefetch_changes_no_answer() {
+    for engine in [Engine::Hash, Engine::Lsm, Engine::Btree] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options { sync: latchkey::Sync::Never, ..common::small_options(engine, false) };
+        let mut db = Db::open(dir.path(), opts()).unwrap();
+        let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+        let key = |i: u64| format!("key{:04}", i % 300).into_bytes();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ engine as u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let long = vec![b'k'; latchkey::MAX_KEY_LEN + 1];
+        for round in 0..6 {
+            for _ in 0..400 {
+                let (k, r) = (key(rnd()), rnd());
+                match r % 5 {
+                    0 => {
+                        db.delete(&k).unwrap();
+                        model.remove(&k);
+                    }
+                    1 => {
+                        db.put_with_expiry(&k, b"gone", 1).unwrap(); // expired long ago
+                        model.remove(&k);
+                    }
+                    _ => {
+                        let v = vec![(r >> 8) as u8; (r % 300) as usize];
+                        db.put(&k, &v).unwrap();
+                        model.insert(k.clone(), v);
+                    }
+                }
+            }
+            for _ in 0..50 {
+                let mut batch: Vec<Vec<u8>> = (0..16).map(|_| key(rnd() % 400)).collect();
+                batch.extend([Vec::new(), long.clone(), b"never".to_vec()]);
+                db.prefetch(&batch);
+                for k in batch.iter().filter(|k| !k.is_empty() && k.len() <= latchkey::MAX_KEY_LEN) {
+                    assert_eq!(db.get(k).unwrap(), model.get(k).cloned(), "{engine} round {round}");
+                }
+            }
+            match round % 3 {
+                0 => db.compact().unwrap(),
+                1 => {
+                    db.close().unwrap();
+                    db = Db::open(dir.path(), opts()).unwrap();
+                }
+                _ => {}
+            }
+        }
+        for (k, v) in &model {
+            assert_eq!(db.get(k).unwrap().as_ref(), Some(v), "{engine}");
+        }
+        let other = db.clone();
+        db.close().unwrap();
+        other.prefetch([b"key0001"]);
+        assert!(matches!(other.get(b"key0001"), Err(Error::Closed)));
+    }
+}
+
 #[test]
 fn an_empty_batch_is_a_no_op_and_later_changes_win_within_a_batch() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,6 +50,12 @@ pub fn start(dir: &Path) -> Running {
     start_with(Config { dir: dir.to_owned(), port: 0, ..Config::default() })
 }
 
+/// A server on a directory of `engine` (an existing one keeps its own).
+#[allow(dead_code)] // not every test file uses it
+pub fn start_engine(dir: &Path, engine: latchkey::Engine) -> Running {
+    start_with(Config { dir: dir.to_owned(), port: 0, engine, ..Config::default() })
+}
+
 pub fn start_with(config: Config) -> Running {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -149,6 +149,11 @@ impl Segment {
         self.resident.get().is_some()
     }
 
+    /// The byte at `offset`, if the segment is held in memory whole.
+    pub(crate) fn resident_byte(&self, offset: u64) -> Option<u8> {
+        self.resident.get()?.bytes.get(usize::try_from(offset).ok()?).copied()
+    }
+
     /// Bytes of this segment held in memory whole (0 if not resident).
     pub(crate) fn resident_bytes(&self) -> usize {
         self.resident.get().map_or(0, |r| r.bytes.len())

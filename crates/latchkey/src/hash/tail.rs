@@ -91,6 +91,13 @@ impl Tail {
     }
 }
 
+impl Tail {
+    /// The byte at `offset` of segment `seg`, if the ring holds it.
+    pub(crate) fn byte(&self, seg: SegId, offset: u64) -> Option<u8> {
+        self.get(seg, offset, 1).map(|b| b[0])
+    }
+}
+
 impl Drop for Tail {
     fn drop(&mut self) {
         if let Some(cache) = &self.cache {
