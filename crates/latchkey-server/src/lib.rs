@@ -308,15 +308,19 @@ fn run_buffered(
     next
 }
 
-/// Commands parsed ahead of running them.
+/// Commands parsed ahead of running them, at most.
 const PARSE_AHEAD: usize = 32;
+/// Bytes of input parsed ahead, at most (past the first command): the
+/// copies parsing makes stay small beside the input buffer.
+const PARSE_AHEAD_BYTES: usize = 64 << 10;
 
 /// Parses up to [`PARSE_AHEAD`] whole commands at the start of `input`
 /// (without consuming them) into `ahead`, stopping at an incomplete or
-/// malformed one, which the caller then meets by parsing it itself.
+/// malformed one, which the caller then meets by parsing it itself, or
+/// past [`PARSE_AHEAD_BYTES`].
 fn parse_ahead(input: &[u8], limits: &resp::Limits, ahead: &mut VecDeque<(Vec<Vec<u8>>, usize)>) {
     let mut at = 0;
-    while ahead.len() < PARSE_AHEAD {
+    while ahead.len() < PARSE_AHEAD && at < PARSE_AHEAD_BYTES {
         match resp::parse(&input[at..], limits) {
             Ok((args, used)) => {
                 at += used;

@@ -189,6 +189,31 @@ proptest! {
     }
 }
 
+/// A pipeline of large values (more bytes than the server parses ahead
+/// of running them) answers in order: each GET sees the SET before it.
+#[test]
+fn a_pipeline_larger_than_the_parse_ahead_window_answers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_engine(dir.path(), latchkey::Engine::Hash);
+    let mut con = server.connect();
+    let value = |i: usize, round: usize| vec![b'a' + ((i + round) % 26) as u8; 5_000 + i * 97];
+    for round in 0..3 {
+        let mut pipe = redis::pipe();
+        for i in 0..60 {
+            pipe.cmd("SET").arg(format!("k{}", i % 7)).arg(value(i, round));
+            pipe.cmd("GET").arg(format!("k{}", i % 7));
+            pipe.cmd("INCR").arg("n");
+        }
+        let got: Vec<Value> = pipe.query(&mut con).unwrap();
+        assert_eq!(got.len(), 180);
+        for (i, reply) in got.chunks(3).enumerate() {
+            assert_eq!(reply[0], Value::Okay, "round {round} SET {i}");
+            assert_eq!(reply[1], Value::BulkString(value(i, round)), "round {round} GET {i}");
+            assert_eq!(reply[2], Value::Int((round * 60 + i + 1) as i64), "round {round} INCR {i}");
+        }
+    }
+}
+
 /// Eight connections pipelining increments of one key lose none: each
 /// connection sees its own replies rise, and the total is exact (`lsm`
 /// and `hash`).
