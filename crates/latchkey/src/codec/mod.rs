@@ -159,6 +159,22 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     parse_body(&rec[HEADER_LEN..]).map(|r| (r, total))
 }
 
+/// Like [`decode`], but without computing the checksum: only for bytes
+/// whose records were all checked by [`decode`] when they were read into
+/// memory (a `hash` segment held whole). Lengths and the body's layout
+/// are still checked, so no input can make it panic.
+pub fn decode_checked_before(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::Incomplete { needed: None });
+    };
+    let body = body_len(header)?;
+    let total = HEADER_LEN + body;
+    let Some(rec) = buf.get(..total) else {
+        return Err(DecodeError::Incomplete { needed: Some(total) });
+    };
+    parse_body(&rec[HEADER_LEN..]).map(|r| (r, total))
+}
+
 /// Checks whether `rec` would be a valid record if its length field said
 /// `rec.len() - HEADER_LEN`. Used to tell a damaged length field (whose
 /// record is otherwise whole) from a write torn at the end of a file.

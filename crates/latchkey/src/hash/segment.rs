@@ -123,8 +123,12 @@ impl Segment {
     /// Reads the whole of this sealed segment into memory if `cache` can
     /// reserve its size with all reservations within `limit` bytes: its
     /// records are then read without a lock, a block lookup or a system
-    /// call. False (and nothing read) if it cannot, or the segment is not
-    /// sealed.
+    /// call. Every record's checksum is checked once, here, so gets of a
+    /// resident segment need not check it again (as a block cache checks
+    /// a block when it reads it from disk, not at every hit). False (and
+    /// nothing kept) if it cannot, if the segment is not sealed, or if a
+    /// record in it is damaged: it is then read in blocks, each get
+    /// checking its record, so the damage is reported where it lies.
     pub(crate) fn make_resident(&self, cache: &Arc<SegmentCache>, limit: usize) -> Result<bool> {
         if self.resident.get().is_some() {
             return Ok(true);
@@ -137,6 +141,11 @@ impl Segment {
         if let Err(e) = self.file.read_exact_at(&mut bytes, 0) {
             cache.release(size);
             return Err(e);
+        }
+        if let Err(at) = check_records(&bytes) {
+            cache.release(size);
+            tracing::warn!(segment = %self.path().display(), offset = at, "a damaged record keeps the segment on disk");
+            return Ok(false);
         }
         // Another thread may have made it resident meanwhile: then this
         // copy is dropped, and its reservation given back.
@@ -267,7 +276,9 @@ impl Segment {
         let at = (offset - i * CACHE_BLOCK) as usize;
         let past_end = || damage("record lies past the segment's end".into());
         if let Some(resident) = self.resident.get() {
-            return resident.bytes.get(offset as usize..end as usize).map_or_else(|| Err(past_end()), value);
+            // Every record was checked when the segment was read in.
+            let checked = |buf: &[u8]| value_of_checked(buf, key).map_err(damage);
+            return resident.bytes.get(offset as usize..end as usize).map_or_else(|| Err(past_end()), checked);
         }
         if end <= size && cacheable(i) && (end - 1) / CACHE_BLOCK == i {
             let parse = |block: &[u8]| block.get(at..at + len as usize).map_or_else(|| Err(past_end()), value);
@@ -296,10 +307,36 @@ impl Segment {
 /// the reason if `buf` is not one whole put record.
 pub(crate) fn value_of(buf: &[u8], key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
     let (rec, n) = codec::decode(buf).map_err(|e| e.to_string())?;
-    if n != buf.len() || rec.kind != Kind::Put {
+    put_value(rec, n == buf.len(), key)
+}
+
+/// Like [`value_of`], for a record whose checksum [`check_records`] checked.
+fn value_of_checked(buf: &[u8], key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    let (rec, n) = codec::decode_checked_before(buf).map_err(|e| e.to_string())?;
+    put_value(rec, n == buf.len(), key)
+}
+
+fn put_value(rec: codec::Record<'_>, whole: bool, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
+    if !whole || rec.kind != Kind::Put {
         return Err("record is not the one the index points at".into());
     }
     Ok((rec.key == key).then(|| rec.value.to_vec()))
+}
+
+/// Checks every record of a sealed segment's bytes (after its file
+/// header), through to the end; the offset of the first that fails.
+fn check_records(bytes: &[u8]) -> std::result::Result<(), usize> {
+    let mut at = crate::log::FILE_HEADER_LEN as usize;
+    if bytes.len() < at {
+        return Err(0);
+    }
+    while at < bytes.len() {
+        match codec::decode(&bytes[at..]) {
+            Ok((_, n)) => at += n,
+            Err(_) => return Err(at),
+        }
+    }
+    Ok(())
 }
 
 /// Path of segment `id`'s data file in `dir`.
@@ -378,7 +415,7 @@ mod tests {
     /// record still checked on read, and its reservation is given back
     /// when it is dropped.
     #[test]
-    fn resident_segments_are_sealed_within_the_limit_and_checked_on_read() {
+    fn resident_segments_are_sealed_within_the_limit_and_checked_when_read_in() {
         let dir = tempfile::tempdir().unwrap();
         let id = active_id(1);
         let mut file = vec![0u8; crate::log::FILE_HEADER_LEN as usize];
@@ -408,9 +445,12 @@ mod tests {
         let (_, at, len) = records[30];
         file[at as usize + 40] ^= 1;
         std::fs::write(dir.path().join(data_name(id)), &file).unwrap();
+        // A damaged record anywhere keeps the segment out of memory (its
+        // gets read blocks and check their records), and is still found.
         let seg = Segment::open(dir.path(), id).unwrap();
         seg.seal();
-        assert!(seg.make_resident(&cache, 1 << 20).unwrap());
+        assert!(!seg.make_resident(&cache, 1 << 20).unwrap(), "a damaged segment was made resident");
+        assert_eq!((seg.resident_bytes(), cache.reserved()), (0, 0));
         assert!(seg.read_value(&[b'k', 30], at, len, &cache).is_err(), "a damaged record was served");
         let (_, at, len) = records[29];
         assert_eq!(seg.read_value(&[b'k', 29], at, len, &cache).unwrap(), vec![29; 200]);

@@ -89,9 +89,7 @@ impl Tail {
             None => Some(Cow::Owned([&self.ring[i..], &self.ring[..len - (self.ring.len() - i)]].concat())),
         }
     }
-}
 
-impl Tail {
     /// The byte at `offset` of segment `seg`, if the ring holds it.
     pub(crate) fn byte(&self, seg: SegId, offset: u64) -> Option<u8> {
         self.get(seg, offset, 1).map(|b| b[0])
