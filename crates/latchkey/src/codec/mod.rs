@@ -144,19 +144,23 @@ pub fn body_len(header: &[u8; HEADER_LEN]) -> Result<usize, DecodeError> {
 
 /// Decodes the record at the start of `buf`, returning it and its length.
 pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
-    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
-        return Err(DecodeError::Incomplete { needed: None });
-    };
-    let body = body_len(header)?;
-    let total = HEADER_LEN + body;
-    let Some(rec) = buf.get(..total) else {
-        return Err(DecodeError::Incomplete { needed: Some(total) });
-    };
+    let rec = record_bytes(buf)?;
     let stored = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
     if checksum(rec) != stored {
         return Err(DecodeError::BadChecksum);
     }
-    parse_body(&rec[HEADER_LEN..]).map(|r| (r, total))
+    parse_body(&rec[HEADER_LEN..]).map(|r| (r, rec.len()))
+}
+
+/// The bytes of the record at the start of `buf` (header and body), by
+/// its length field.
+#[inline]
+fn record_bytes(buf: &[u8]) -> Result<&[u8], DecodeError> {
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
+        return Err(DecodeError::Incomplete { needed: None });
+    };
+    let total = HEADER_LEN + body_len(header)?;
+    buf.get(..total).ok_or(DecodeError::Incomplete { needed: Some(total) })
 }
 
 /// Like [`decode`], but without computing the checksum: only for bytes
@@ -164,15 +168,8 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
 /// memory (a `hash` segment held whole). Lengths and the body's layout
 /// are still checked, so no input can make it panic.
 pub fn decode_checked_before(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
-    let Some(header) = buf.first_chunk::<HEADER_LEN>() else {
-        return Err(DecodeError::Incomplete { needed: None });
-    };
-    let body = body_len(header)?;
-    let total = HEADER_LEN + body;
-    let Some(rec) = buf.get(..total) else {
-        return Err(DecodeError::Incomplete { needed: Some(total) });
-    };
-    parse_body(&rec[HEADER_LEN..]).map(|r| (r, total))
+    let rec = record_bytes(buf)?;
+    parse_body(&rec[HEADER_LEN..]).map(|r| (r, rec.len()))
 }
 
 /// Checks whether `rec` would be a valid record if its length field said
