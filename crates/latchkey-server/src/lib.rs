@@ -259,23 +259,19 @@ fn run_buffered(
     let mut ahead: VecDeque<(Vec<Vec<u8>>, usize)> = VecDeque::new();
     let next = loop {
         if ahead.is_empty() {
-            parse_ahead(input, &limits, &mut ahead);
-            if ahead.len() > 1 {
-                shared.db.prefetch(ahead.iter().filter_map(|(args, _)| args.get(1)));
-            }
-        }
-        let (args, used) = match ahead.pop_front() {
-            Some(x) => x,
-            // Nothing parsed ahead: what follows is incomplete or malformed.
-            None => match resp::parse(input, &limits) {
-                Ok(x) => x,
+            match parse_ahead(input, &limits, &mut ahead) {
+                Ok(()) => {}
                 Err(ParseError::Incomplete) => break Next::Drained,
                 Err(ParseError::Protocol(msg)) => {
                     Reply::err(msg).encode(out, client.resp3);
                     break Next::Close;
                 }
-            },
-        };
+            }
+            if ahead.len() > 1 {
+                shared.db.prefetch(ahead.iter().filter_map(|(args, _)| args.get(1)));
+            }
+        }
+        let Some((args, used)) = ahead.pop_front() else { break Next::Drained };
         input.advance(used);
         if args.is_empty() {
             continue;
@@ -316,9 +312,14 @@ const PARSE_AHEAD_BYTES: usize = 64 << 10;
 
 /// Parses up to [`PARSE_AHEAD`] whole commands at the start of `input`
 /// (without consuming them) into `ahead`, stopping at an incomplete or
-/// malformed one, which the caller then meets by parsing it itself, or
-/// past [`PARSE_AHEAD_BYTES`].
-fn parse_ahead(input: &[u8], limits: &resp::Limits, ahead: &mut VecDeque<(Vec<Vec<u8>>, usize)>) {
+/// malformed one or past [`PARSE_AHEAD_BYTES`]. The error is returned
+/// only if no command came before it; otherwise it is met again once the
+/// commands before it have run.
+fn parse_ahead(
+    input: &[u8],
+    limits: &resp::Limits,
+    ahead: &mut VecDeque<(Vec<Vec<u8>>, usize)>,
+) -> Result<(), ParseError> {
     let mut at = 0;
     while ahead.len() < PARSE_AHEAD && at < PARSE_AHEAD_BYTES {
         match resp::parse(&input[at..], limits) {
@@ -326,9 +327,11 @@ fn parse_ahead(input: &[u8], limits: &resp::Limits, ahead: &mut VecDeque<(Vec<Ve
                 at += used;
                 ahead.push_back((args, used));
             }
+            Err(e) if ahead.is_empty() => return Err(e),
             Err(_) => break,
         }
     }
+    Ok(())
 }
 
 /// Serves one client: reads whatever it sent, runs every whole command in
