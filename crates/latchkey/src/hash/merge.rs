@@ -88,14 +88,10 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
     let mut out = Outputs::new(inner, base);
     let mut moved: Vec<(Box<[u8]>, Loc)> = Vec::new();
     for (seg, live) in inputs.iter().zip(&live) {
-        // Records come in offset order, as the live offsets are sorted.
-        let mut live = live.iter().copied().peekable();
-        log::scan(seg.path(), FileKind::Data, TailMode::Sealed, |found| {
-            while live.next_if(|&at| at < found.offset).is_some() {}
-            let rec = found.record;
-            if rec.kind == Kind::Put && live.next_if_eq(&found.offset).is_some() {
-                moved.push((rec.key.into(), out.append(&rec)?));
-            }
+        // Only the live records are read and checked (in offset order);
+        // most of an input's records are usually dead.
+        seg.for_each_record_at(live, |_, rec| {
+            moved.push((rec.key.into(), out.append(&rec)?));
             Ok(())
         })?;
     }
@@ -183,15 +179,15 @@ fn make_resident(inner: &Inner, outputs: &[SegId]) {
 /// A base entry hidden by a write while the snapshot is taken (see
 /// [`Inner::for_each_loc`]) is left out, which is right as that write
 /// hides it anyway.
-fn live_offsets(inner: &Inner, inputs: &[Arc<Segment>], now: u64) -> Vec<Vec<u64>> {
+fn live_offsets(inner: &Inner, inputs: &[Arc<Segment>], now: u64) -> Vec<Vec<(u64, u32)>> {
     let ids: Vec<SegId> = inputs.iter().map(|s| s.id).collect();
     debug_assert!(ids.is_sorted());
-    let mut live: Vec<Vec<u64>> = vec![Vec::new(); ids.len()];
+    let mut live: Vec<Vec<(u64, u32)>> = vec![Vec::new(); ids.len()];
     inner.for_each_loc(
         |loc| !loc.expired(now) && ids.binary_search(&loc.seg).is_ok(),
         |loc| {
             if let Ok(i) = ids.binary_search(&loc.seg) {
-                live[i].push(loc.offset);
+                live[i].push((loc.offset, loc.len));
             }
         },
     );

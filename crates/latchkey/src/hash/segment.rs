@@ -303,6 +303,88 @@ impl Segment {
     }
 }
 
+/// Reads at most this many bytes at once when a merge reads the live
+/// records of a segment not held in memory.
+const LIVE_READ: u64 = 1 << 20;
+/// A gap of dead bytes at least this long between two live records is
+/// skipped instead of read.
+const LIVE_GAP: u64 = 64 << 10;
+
+impl Segment {
+    /// Calls `f` with the put record at each of `locs` (offset and length,
+    /// sorted by offset), in order, and nothing else: a merge reads only
+    /// the records the keydir points at, not the dead ones between them.
+    /// From memory if the segment is resident (its records were checked
+    /// when read in); otherwise from the file in reads of up to
+    /// [`LIVE_READ`] bytes (skipping dead gaps of [`LIVE_GAP`] or more),
+    /// each record's checksum checked. A record that is damaged, is not a
+    /// whole put record of the given length, or lies past the end is
+    /// corruption, named by file and offset.
+    pub(crate) fn for_each_record_at(
+        &self,
+        locs: &[(u64, u32)],
+        mut f: impl FnMut(u64, codec::Record<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let damage = |offset: u64, why: String| Error::corruption(self.path(), offset, why);
+        let size = self.size();
+        let past_end = |offset: u64| damage(offset, "record lies past the segment's end".into());
+        if let Some(resident) = self.resident.get() {
+            for &(offset, len) in locs {
+                let end = offset.saturating_add(u64::from(len));
+                let buf = resident.bytes.get(offset as usize..end as usize).ok_or_else(|| past_end(offset))?;
+                f(offset, live_record(buf, true).map_err(|why| damage(offset, why))?)?;
+            }
+            return Ok(());
+        }
+        let mut header = [0u8; crate::log::FILE_HEADER_LEN as usize];
+        self.file.read_exact_at(&mut header, 0)?;
+        crate::log::check_file_header(self.path(), &header, crate::log::FileKind::Data)?;
+        let mut buf = Vec::new();
+        let mut rest = locs;
+        while let Some(&(start, _)) = rest.first() {
+            // The run of records read at once: at least one, then each next
+            // while it ends within LIVE_READ of the start and follows its
+            // predecessor by less than LIVE_GAP.
+            let mut end = start;
+            let mut n = 0;
+            for &(offset, len) in rest {
+                let stop = offset.saturating_add(u64::from(len));
+                if n > 0 && (stop - start > LIVE_READ || offset.saturating_sub(end) >= LIVE_GAP) {
+                    break;
+                }
+                if offset < end || offset < crate::log::FILE_HEADER_LEN {
+                    return Err(damage(offset, "records the index points at overlap".into()));
+                }
+                end = stop;
+                n += 1;
+            }
+            if end > size {
+                return Err(past_end(rest[n - 1].0));
+            }
+            buf.resize((end - start) as usize, 0);
+            self.file.read_exact_at(&mut buf, start)?;
+            for &(offset, len) in &rest[..n] {
+                let at = (offset - start) as usize;
+                let rec = live_record(&buf[at..at + len as usize], false).map_err(|why| damage(offset, why))?;
+                f(offset, rec)?;
+            }
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+}
+
+/// The put record that is exactly `buf` (its checksum checked unless
+/// `checked_before`); the reason if it is not one.
+fn live_record(buf: &[u8], checked_before: bool) -> std::result::Result<codec::Record<'_>, String> {
+    let decoded = if checked_before { codec::decode_checked_before(buf) } else { codec::decode(buf) };
+    match decoded {
+        Ok((rec, n)) if n == buf.len() && rec.kind == Kind::Put => Ok(rec),
+        Ok(_) => Err("record is not the one the index points at".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The value of the put record that is exactly `buf`, if it is `key`'s;
 /// the reason if `buf` is not one whole put record.
 pub(crate) fn value_of(buf: &[u8], key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
@@ -454,5 +536,80 @@ mod tests {
         assert!(seg.read_value(&[b'k', 30], at, len, &cache).is_err(), "a damaged record was served");
         let (_, at, len) = records[29];
         assert_eq!(seg.read_value(&[b'k', 29], at, len, &cache).unwrap(), vec![29; 200]);
+    }
+
+    /// A merge's read of the live records: only those asked for come back,
+    /// in order, from the file (in runs that skip dead gaps and stop at
+    /// LIVE_READ) or from memory; damage between them is not read, damage
+    /// in one of them is an error naming its offset.
+    #[test]
+    fn the_live_records_are_read_and_checked_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = active_id(1);
+        let mut file = crate::log::file_header(crate::log::FileKind::Data).to_vec();
+        let mut records = Vec::new();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for i in 0..400u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Mostly small values, some long enough to make gaps past
+            // LIVE_GAP and runs past LIVE_READ.
+            let len = if rng.is_multiple_of(10) {
+                70_000 + (rng >> 40) as usize % 200_000
+            } else {
+                (rng >> 32) as usize % 300
+            };
+            let at = file.len();
+            let key = i.to_le_bytes();
+            codec::Record { kind: Kind::Put, seq: u64::from(i), expires_at: 0, key: &key, value: &vec![i as u8; len] }
+                .encode_into(&mut file);
+            records.push((at as u64, (file.len() - at) as u32, i, len, !rng.is_multiple_of(3)));
+        }
+        let live: Vec<(u64, u32)> = records.iter().filter(|r| r.4).map(|r| (r.0, r.1)).collect();
+        let expect: Vec<(u64, u32, usize)> = records.iter().filter(|r| r.4).map(|r| (r.0, r.2, r.3)).collect();
+        // Damage every dead record: none of them is read.
+        for r in records.iter().filter(|r| !r.4) {
+            file[r.0 as usize + 9] ^= 0x40;
+        }
+        let path = dir.path().join(data_name(id));
+        std::fs::write(&path, &file).unwrap();
+        let read_all = |seg: &Segment, locs: &[(u64, u32)]| {
+            let mut got = Vec::new();
+            seg.for_each_record_at(locs, |offset, rec| {
+                let i = u32::from_le_bytes(rec.key.try_into().unwrap());
+                assert!(rec.value.iter().all(|&b| b == i as u8));
+                got.push((offset, i, rec.value.len()));
+                Ok(())
+            })
+            .map(|()| got)
+        };
+        let seg = Segment::open(dir.path(), id).unwrap();
+        seg.seal();
+        assert_eq!(read_all(&seg, &live).unwrap(), expect);
+        assert_eq!(read_all(&seg, &[]).unwrap(), vec![]);
+        // A damaged live record is an error at its offset, from the file.
+        let victim = live[live.len() / 2];
+        file[victim.0 as usize + 12] ^= 1;
+        std::fs::write(&path, &file).unwrap();
+        let err = read_all(&seg, &live).unwrap_err().to_string();
+        assert!(err.contains(&victim.0.to_string()), "{err}");
+        // A length that does not match the record, and one past the end.
+        let (at, len) = live[0];
+        assert!(read_all(&seg, &[(at, len - 1)]).is_err());
+        assert!(read_all(&seg, &[(file.len() as u64 - 4, 100)]).is_err());
+        file[victim.0 as usize + 12] ^= 1;
+        // With the dead records mended too, the segment is held in memory
+        // and its live records are read from there.
+        for r in records.iter().filter(|r| !r.4) {
+            file[r.0 as usize + 9] ^= 0x40;
+        }
+        std::fs::write(&path, &file).unwrap();
+        let seg = Segment::open(dir.path(), id).unwrap();
+        seg.seal();
+        let cache = Arc::new(SegmentCache::new(64 << 20));
+        assert!(seg.make_resident(&cache, 64 << 20).unwrap());
+        std::fs::write(&path, vec![0u8; file.len()]).unwrap();
+        assert_eq!(read_all(&seg, &live).unwrap(), expect, "the resident read went to the file");
     }
 }

@@ -49,7 +49,7 @@ pub fn file_header(kind: FileKind) -> [u8; 16] {
     h
 }
 
-fn check_file_header(path: &Path, h: &[u8; 16], kind: FileKind) -> Result<()> {
+pub(crate) fn check_file_header(path: &Path, h: &[u8; 16], kind: FileKind) -> Result<()> {
     let crc = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
     if h[..8] != MAGIC || crc != crc32c::crc32c(&h[..12]) {
         return Err(Error::corruption(path, 0, "bad file header (not a latchkey log, or damaged)"));
