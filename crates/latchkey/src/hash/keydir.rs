@@ -249,10 +249,12 @@ impl KeyDir {
     /// sequence number below `cut_seq` was in the merge's inputs, so its
     /// overlay entry is either in the new table or was dead; later writes
     /// stay in the overlay and hide the table's entries.
-    pub(crate) fn install_base(&mut self, base: KeyTable, base_live: BTreeMap<SegId, u64>, cut_seq: u64) {
-        self.base = base;
+    /// Returns the table it replaces (to be freed outside the keydir's lock).
+    pub(crate) fn install_base(&mut self, base: KeyTable, base_live: BTreeMap<SegId, u64>, cut_seq: u64) -> KeyTable {
+        let old = std::mem::replace(&mut self.base, base);
         let base = &self.base;
         self.overlay.retain(|k, s| s.seq() >= cut_seq && (matches!(s, Slot::Live(_)) || base.get(k).is_some()));
         self.live = self.count_live(base_live);
+        old
     }
 }

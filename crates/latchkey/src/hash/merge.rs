@@ -97,7 +97,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
     }
     out.finish()?;
     let table_path = segment::table_path(&inner.dir, base);
-    let table = match KeyTable::encode(&moved) {
+    let table = match KeyTable::encode_covering(&moved, &[], 0, |n| inner.spare.take_or_new(n)) {
         Some(bytes) => {
             let tmp = tmp_path(&table_path);
             out.files.push(tmp.clone());
@@ -158,7 +158,7 @@ fn merge_locked(inner: &Inner, _one_at_a_time: parking_lot::MutexGuard<'_, ()>) 
 fn make_resident(inner: &Inner, outputs: &[SegId]) {
     for id in outputs {
         let Some(seg) = inner.segments.read().get(id).cloned() else { continue };
-        match seg.make_resident(&inner.cache, inner.resident_limit) {
+        match seg.make_resident(&inner.cache, &inner.spare, inner.resident_limit) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -282,13 +282,14 @@ fn install(
     let table = table.unwrap_or_default();
     let base_live = table.live_bytes();
     let mut kd = inner.keydir.write();
-    kd.install_base(table, base_live, cut_seq);
+    let old = kd.install_base(table, base_live, cut_seq);
     if kd.base_is_empty() {
         for (key, loc) in &moved {
             kd.put_if_absent(key, *loc);
         }
     }
     drop(kd);
+    inner.spare.give(old.into_buf());
     {
         let mut segs = inner.segments.write();
         for s in inputs {

@@ -16,6 +16,7 @@ mod keydir;
 mod merge;
 mod recovery;
 mod segment;
+mod spare;
 mod table;
 mod tail;
 
@@ -109,6 +110,9 @@ pub(crate) struct Inner {
     /// Bytes the cache may have reserved for segments read whole: half
     /// of it, beyond the ring of newest writes (see [`tail`]).
     resident_limit: usize,
+    /// Buffers of merged-away resident segments and replaced key tables,
+    /// kept for the next merge (at most `resident_limit` bytes).
+    spare: Arc<spare::Spare>,
     counters: Counters,
     /// Bytes of expired records the keydir still points at, as of the last
     /// sweep; counted as dead for the merge trigger.
@@ -162,6 +166,7 @@ impl HashStore {
             merge_lock: Mutex::new(()),
             cache,
             resident_limit,
+            spare: Arc::new(spare::Spare::new(resident_limit)),
             counters: Counters::default(),
             expired_bytes: AtomicU64::new(0),
             _lock: lock,
@@ -442,7 +447,9 @@ impl Inner {
             }
         });
         drop(kd);
-        let Some(bytes) = KeyTable::encode_covering(&entries, &covers, w.next_seq.saturating_sub(1)) else {
+        let Some(bytes) =
+            KeyTable::encode_covering(&entries, &covers, w.next_seq.saturating_sub(1), Vec::with_capacity)
+        else {
             return Ok(()); // over the table's limits: the next open reads the segments
         };
         let path = segment::table_path(&self.dir, w.active.id);
@@ -591,7 +598,7 @@ impl Inner {
             // A sealed segment is read whole if the cache can spare it,
             // up to half the cache besides the ring of newest writes (the
             // rest is for blocks, the active segment's among them).
-            match seg.make_resident(&self.cache, self.resident_limit) {
+            match seg.make_resident(&self.cache, &self.spare, self.resident_limit) {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -889,6 +896,18 @@ mod tests {
         assert_eq!(store.inner.cache.reserved(), resident(&store) + ring, "the inputs' reservations are given back");
         read_back(&store);
         drop(segs);
+        // Their buffers are kept for the next merge, within the limit, and
+        // the next merge takes its outputs' and its key table's from there.
+        let spare = &store.inner.spare;
+        assert!(spare.bytes() > 0 && spare.bytes() <= store.inner.resident_limit, "{} spare bytes", spare.bytes());
+        let reused = spare.reused();
+        for i in (0..2_000u32).step_by(3) {
+            store.write(WriteBatch::new().put(format!("key{i:05}"), value(i)), false).unwrap();
+        }
+        store.compact().unwrap();
+        assert!(spare.reused() >= reused + 2, "{} buffers reused, {reused} before", spare.reused());
+        assert!(spare.bytes() <= store.inner.resident_limit);
+        read_back(&store);
         store.close().unwrap();
         drop(store);
 

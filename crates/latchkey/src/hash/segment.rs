@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use super::spare::Spare;
 use crate::codec::{self, Kind};
 use crate::error::{Error, Result};
 use crate::fs::File;
@@ -81,13 +82,17 @@ pub(crate) struct Segment {
 /// A sealed segment's bytes, read into memory whole. They are reserved in
 /// the block cache, and given back when the segment is dropped.
 struct Resident {
-    bytes: Box<[u8]>,
+    bytes: Vec<u8>,
     cache: Arc<SegmentCache>,
+    /// Where the buffer goes when the segment is dropped (merged away), for
+    /// the next merge's outputs.
+    spare: Arc<Spare>,
 }
 
 impl Drop for Resident {
     fn drop(&mut self) {
         self.cache.release(self.bytes.len());
+        self.spare.give(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -129,7 +134,11 @@ impl Segment {
     /// nothing kept) if it cannot, if the segment is not sealed, or if a
     /// record in it is damaged: it is then read in blocks, each get
     /// checking its record, so the damage is reported where it lies.
-    pub(crate) fn make_resident(&self, cache: &Arc<SegmentCache>, limit: usize) -> Result<bool> {
+    ///
+    /// The buffer is taken from `spare` if one there is large enough (pages
+    /// the process has already touched), and goes back there when the
+    /// segment is dropped.
+    pub(crate) fn make_resident(&self, cache: &Arc<SegmentCache>, spare: &Arc<Spare>, limit: usize) -> Result<bool> {
         if self.resident.get().is_some() {
             return Ok(true);
         }
@@ -137,19 +146,28 @@ impl Segment {
         if !self.sealed() || !cache.reserve(size, limit) {
             return Ok(false);
         }
-        let mut bytes = vec![0u8; size];
-        if let Err(e) = self.file.read_exact_at(&mut bytes, 0) {
+        let mut bytes = match spare.take(size) {
+            Some(mut b) => {
+                b.resize(size, 0);
+                b
+            }
+            None => vec![0u8; size],
+        };
+        let failed = match self.file.read_exact_at(&mut bytes, 0) {
+            Err(e) => Some(Err(e)),
+            Ok(()) => check_records(&bytes).err().map(|at| {
+                tracing::warn!(segment = %self.path().display(), offset = at, "a damaged record keeps the segment on disk");
+                Ok(false)
+            }),
+        };
+        if let Some(result) = failed {
             cache.release(size);
-            return Err(e);
-        }
-        if let Err(at) = check_records(&bytes) {
-            cache.release(size);
-            tracing::warn!(segment = %self.path().display(), offset = at, "a damaged record keeps the segment on disk");
-            return Ok(false);
+            spare.give(bytes);
+            return result;
         }
         // Another thread may have made it resident meanwhile: then this
-        // copy is dropped, and its reservation given back.
-        let _ = self.resident.set(Resident { bytes: bytes.into(), cache: Arc::clone(cache) });
+        // copy is dropped, and its reservation and buffer given back.
+        let _ = self.resident.set(Resident { bytes, cache: Arc::clone(cache), spare: Arc::clone(spare) });
         Ok(true)
     }
 
@@ -510,12 +528,13 @@ mod tests {
         }
         std::fs::write(dir.path().join(data_name(id)), &file).unwrap();
         let cache = Arc::new(SegmentCache::new(1 << 20));
+        let spare = Arc::new(Spare::new(1 << 20));
         let seg = Segment::open(dir.path(), id).unwrap();
-        assert!(!seg.make_resident(&cache, 1 << 20).unwrap(), "the active segment was made resident");
+        assert!(!seg.make_resident(&cache, &spare, 1 << 20).unwrap(), "the active segment was made resident");
         seg.seal();
-        assert!(!seg.make_resident(&cache, file.len() - 1).unwrap(), "resident past the limit");
+        assert!(!seg.make_resident(&cache, &spare, file.len() - 1).unwrap(), "resident past the limit");
         assert_eq!(cache.reserved(), 0);
-        assert!(seg.make_resident(&cache, 1 << 20).unwrap());
+        assert!(seg.make_resident(&cache, &spare, 1 << 20).unwrap());
         assert_eq!((seg.resident_bytes(), cache.reserved()), (file.len(), file.len()));
         std::fs::write(dir.path().join(data_name(id)), vec![0u8; file.len()]).unwrap();
         for &(i, at, len) in &records {
@@ -531,7 +550,7 @@ mod tests {
         // gets read blocks and check their records), and is still found.
         let seg = Segment::open(dir.path(), id).unwrap();
         seg.seal();
-        assert!(!seg.make_resident(&cache, 1 << 20).unwrap(), "a damaged segment was made resident");
+        assert!(!seg.make_resident(&cache, &spare, 1 << 20).unwrap(), "a damaged segment was made resident");
         assert_eq!((seg.resident_bytes(), cache.reserved()), (0, 0));
         assert!(seg.read_value(&[b'k', 30], at, len, &cache).is_err(), "a damaged record was served");
         let (_, at, len) = records[29];
@@ -608,7 +627,8 @@ mod tests {
         let seg = Segment::open(dir.path(), id).unwrap();
         seg.seal();
         let cache = Arc::new(SegmentCache::new(64 << 20));
-        assert!(seg.make_resident(&cache, 64 << 20).unwrap());
+        let spare = Arc::new(Spare::new(0));
+        assert!(seg.make_resident(&cache, &spare, 64 << 20).unwrap());
         std::fs::write(&path, vec![0u8; file.len()]).unwrap();
         assert_eq!(read_all(&seg, &live).unwrap(), expect, "the resident read went to the file");
     }

@@ -119,14 +119,21 @@ impl KeyTable {
     /// 4 GiB or more, more than 65,535 segments, or a record offset at or
     /// past 2^48. (Then the merge writes no table and startup reads the
     /// data segments instead.)
+    #[cfg(test)]
     pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Option<Vec<u8>> {
-        Self::encode_covering(entries, &[], 0)
+        Self::encode_covering(entries, &[], 0, Vec::with_capacity)
     }
 
     /// Like [`KeyTable::encode`], for a table that also covers the segments
     /// `covers` (which may hold no live entry) and records `max_seq` as the
-    /// highest sequence number used (if above every entry's).
-    pub(crate) fn encode_covering(entries: &[(Box<[u8]>, Loc)], covers: &[SegId], max_seq: u64) -> Option<Vec<u8>> {
+    /// highest sequence number used (if above every entry's), into an empty
+    /// buffer that `alloc` gives with room for the given number of bytes.
+    pub(crate) fn encode_covering(
+        entries: &[(Box<[u8]>, Loc)],
+        covers: &[SegId],
+        max_seq: u64,
+        alloc: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
         let mut segs: Vec<SegId> = entries.iter().map(|(_, l)| l.seg).chain(covers.iter().copied()).collect();
         segs.sort_unstable();
         segs.dedup();
@@ -141,7 +148,8 @@ impl KeyTable {
             return None;
         }
         let max_seq = entries.iter().map(|(_, l)| l.seq).max().unwrap_or(0).max(max_seq);
-        let mut out = Vec::with_capacity(64 + segs.len() * 8 + (SLOT_LEN << bits) + key_bytes);
+        let mut out = alloc(64 + segs.len() * 8 + (SLOT_LEN << bits) + key_bytes);
+        out.clear();
         out.extend_from_slice(&file_header(FileKind::KeyTable));
         for x in [entries.len() as u64, bits as u64, max_seq, segs.len() as u64] {
             out.extend_from_slice(&x.to_le_bytes());
@@ -204,6 +212,11 @@ impl KeyTable {
     /// Bytes of the encoded table.
     pub(crate) fn byte_len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The encoded table's buffer, for reuse once the table is replaced.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
     }
 
     fn parse(path: &Path, buf: Vec<u8>) -> Result<KeyTable> {
