@@ -135,6 +135,12 @@ impl KeyDir {
         }
     }
 
+    /// Entries in the overlay (for tests).
+    #[cfg(test)]
+    pub(crate) fn overlay_len(&self) -> usize {
+        self.overlay.len()
+    }
+
     /// The base's slot count, for [`KeyDir::base_locs`].
     pub(crate) fn base_slots(&self) -> usize {
         self.base.slots()
@@ -231,15 +237,30 @@ impl KeyDir {
 
     /// Live bytes per segment: the base's (computed once, outside any
     /// lock, by [`KeyTable::live_bytes`]) adjusted for the overlay.
+    /// The base is looked up for 32 overlay keys at a time, their slots
+    /// and keys loaded first ([`KeyTable::touch`]): this runs under the
+    /// keydir's write lock when a merge installs its table, and one key
+    /// after the other, each lookup's two misses in a row, held it for up
+    /// to 34 ms per merge with 100k keys in the overlay.
     fn count_live(&self, mut live: BTreeMap<SegId, u64>) -> BTreeMap<SegId, u64> {
-        for (k, slot) in &self.overlay {
-            if let Some(hidden) = self.base.get(k) {
-                if let Some(l) = live.get_mut(&hidden.seg) {
-                    *l = l.saturating_sub(hidden.len as u64);
+        let mut batch: Vec<(&[u8], &Slot)> = Vec::with_capacity(32);
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(32);
+        let mut entries = self.overlay.iter().peekable();
+        while entries.peek().is_some() {
+            batch.clear();
+            batch.extend(entries.by_ref().take(32).map(|(k, s)| (&k[..], s)));
+            keys.clear();
+            keys.extend(batch.iter().map(|(k, _)| *k));
+            self.base.touch(&keys);
+            for &(k, slot) in &batch {
+                if let Some(hidden) = self.base.get(k) {
+                    if let Some(l) = live.get_mut(&hidden.seg) {
+                        *l = l.saturating_sub(hidden.len as u64);
+                    }
                 }
-            }
-            if let Slot::Live(loc) = slot {
-                *live.entry(loc.seg).or_default() += loc.len as u64;
+                if let Slot::Live(loc) = slot {
+                    *live.entry(loc.seg).or_default() += loc.len as u64;
+                }
             }
         }
         live

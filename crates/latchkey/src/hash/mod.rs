@@ -694,6 +694,54 @@ pub(crate) fn exercise_key_table_for_fuzzing(path: &Path, data: Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// The live bytes the keydir keeps count of (with the base's entries
+    /// that overlay entries hide taken off, in batches) equal a recount of
+    /// every live key's record, after a merge, writes and deletes, and a
+    /// crash and recovery (whose overlay then hides many base entries).
+    #[test]
+    fn live_bytes_agree_with_a_recount() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || Options { background_interval: Duration::from_secs(3600), ..Options::new(crate::Engine::Hash) };
+        let recount = |store: &HashStore| {
+            let mut sum = 0u64;
+            store.inner.for_each_loc(|_| true, |loc| sum += u64::from(loc.len));
+            (store.inner.keydir.read().live.values().sum::<u64>(), sum)
+        };
+        let store = HashStore::open(dir.path(), opts()).unwrap();
+        let value = |i: u32, round: u32| vec![b'v'; (i % 50 + round * 7) as usize];
+        for i in 0..2_000u32 {
+            store.write(WriteBatch::new().put(format!("k{i:05}"), value(i, 0)), false).unwrap();
+        }
+        store.compact().unwrap();
+        let (kept, counted) = recount(&store);
+        assert_eq!(kept, counted);
+        for i in (0..2_000u32).step_by(3) {
+            let key = format!("k{i:05}");
+            let mut batch = WriteBatch::new();
+            if i % 2 == 0 {
+                batch.put(key, value(i, 1));
+            } else {
+                batch.delete(key);
+            }
+            store.write(&batch, false).unwrap();
+        }
+        for i in 2_000..2_100u32 {
+            store.write(WriteBatch::new().put(format!("k{i:05}"), value(i, 2)), false).unwrap();
+        }
+        let (kept, counted) = recount(&store);
+        assert_eq!(kept, counted);
+        store.sync().unwrap();
+        store.crash();
+        drop(store);
+        let store = HashStore::open(dir.path(), opts()).unwrap();
+        assert!(store.inner.keydir.read().overlay_len() > 700, "the recovered writes are in the overlay");
+        let (kept, counted) = recount(&store);
+        assert_eq!(kept, counted, "after recovery");
+        store.compact().unwrap();
+        let (kept, counted) = recount(&store);
+        assert_eq!(kept, counted, "after a second merge");
+    }
+
     /// A merge holds the merge lock for as long as it runs (seconds on a
     /// big store); the interval syncs go on meanwhile, on their own thread.
     #[test]
