@@ -50,6 +50,23 @@ struct Figures {
     p50_ms: Vec<((String, u32), f64)>,
     server_cpu_secs: f64,
     server_peak_rss_mib: f64,
+    /// Per pipeline depth: redis-benchmark's CPU seconds (user+system)
+    /// and wall seconds over its three tests.
+    client: Vec<(u32, f64, f64)>,
+}
+
+/// user+system CPU seconds of this process's children that have been
+/// waited for.
+fn children_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given; a zeroed
+    // rusage is a valid value of it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_CHILDREN is a valid `who`, `ru` a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// user+system CPU seconds and peak RSS (MiB) of a running process, from /proc.
@@ -80,16 +97,19 @@ fn drive(server: &Server, args: &ServerArgs) -> Result<Figures, String> {
         p50_ms: Vec::new(),
         server_cpu_secs: 0.0,
         server_peak_rss_mib: 0.0,
+        client: Vec::new(),
     };
     let cpu0 = proc_usage(server.pid()).0;
     for &p in &args.pipelines {
         eprintln!("{}: redis-benchmark -t set,get,incr -n {} -P {p} ...", server.name, args.requests);
+        let (client0, started) = (children_cpu_secs(), std::time::Instant::now());
         let out = Command::new("redis-benchmark")
             .args(["-h", "127.0.0.1", "-p", &server.port.to_string(), "-t", "set,get,incr"])
             .args(["-n", &args.requests.to_string(), "-r", "100000", "-d", "100"])
             .args(["-c", &args.clients.to_string(), "-P", &p.to_string(), "--csv"])
             .output()
             .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
+        f.client.push((p, children_cpu_secs() - client0, started.elapsed().as_secs_f64()));
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             return Err(format!(
@@ -177,6 +197,16 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
             p50_ms: medians(rs, |f| &f.p50_ms),
             server_cpu_secs: median(rs.iter().map(|f| f.server_cpu_secs).collect()),
             server_peak_rss_mib: rs.iter().map(|f| f.server_peak_rss_mib).fold(f64::NAN, f64::max),
+            client: args
+                .pipelines
+                .iter()
+                .map(|&p| {
+                    let of = |pick: fn(&(u32, f64, f64)) -> f64| {
+                        median(rs.iter().filter_map(|f| f.client.iter().find(|c| c.0 == p)).map(pick).collect())
+                    };
+                    (p, of(|c| c.1), of(|c| c.2))
+                })
+                .collect(),
         })
         .collect();
     println!(
@@ -222,6 +252,21 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
         print!("{:>16}", format!("{:.1}s/{:.0}MiB", f.server_cpu_secs, f.server_peak_rss_mib));
     }
     println!("  (server CPU seconds over every test, median of the rounds / peak RSS)");
+    // redis-benchmark is one thread: when it keeps a core busy, the
+    // figures above are its limit, whichever server it drives.
+    for &p in &args.pipelines {
+        print!("{:<10}", format!("client -P{p}"));
+        for f in &all {
+            let (cpu, wall) = f.client.iter().find(|c| c.0 == p).map_or((f64::NAN, f64::NAN), |c| (c.1, c.2));
+            let per_req = cpu / (args.requests as f64 * TESTS.len() as f64) * 1e6;
+            print!("{:>16}", format!("{:.0}% {:.1}us", cpu / wall * 100.0, per_req));
+        }
+        println!();
+    }
+    println!(
+        "(redis-benchmark's CPU over its three tests: % of one core while it ran, CPU microseconds per request; \
+         near 100% means the client, not the server, set the pace)"
+    );
     if args.common.json.is_some() {
         let figures = |f: &Figures| {
             let mut m = serde_json::Map::new();
@@ -233,6 +278,10 @@ fn run_in(args: &ServerArgs, bin: &Path, base: &Path) -> Result<(), String> {
             }
             m.insert("server cpu secs".into(), f.server_cpu_secs.into());
             m.insert("server peak rss mib".into(), f.server_peak_rss_mib.into());
+            for (p, cpu, wall) in &f.client {
+                m.insert(format!("client -P{p} cpu secs"), (*cpu).into());
+                m.insert(format!("client -P{p} wall secs"), (*wall).into());
+            }
             m
         };
         let servers: serde_json::Map<String, serde_json::Value> = all

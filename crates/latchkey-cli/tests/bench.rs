@@ -141,5 +141,12 @@ fn the_server_benchmark_runs_beside_redis() {
             each.sort_by(f64::total_cmp);
             assert_eq!(rps, Some(each[1]), "{server} {t}: {each:?}");
         }
+        // redis-benchmark's own CPU and wall time per pipeline depth: some
+        // CPU, no more than its one thread can use over the wall time.
+        for p in [1, 16] {
+            let cpu = doc["servers"][server][format!("client -P{p} cpu secs")].as_f64().unwrap();
+            let wall = doc["servers"][server][format!("client -P{p} wall secs")].as_f64().unwrap();
+            assert!(cpu > 0.0 && wall > 0.0 && cpu <= wall * 1.05 + 0.05, "{server} -P{p}: {cpu} s CPU in {wall} s");
+        }
     }
 }
