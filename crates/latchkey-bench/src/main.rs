@@ -38,8 +38,9 @@ enum Cmd {
     /// Starts each server on a free loopback port in a temporary directory,
     /// runs `redis-benchmark -t set,get,incr -n N -r 100000 -d 100 -c 50`
     /// with `-P 1` and `-P 16` against it, and prints requests per second
-    /// side by side with latchkey's ratio to Redis, p50 latencies and each
-    /// server's CPU seconds and peak RSS. Needs redis-server and
+    /// side by side with latchkey's ratio to Redis, p50 latencies, each
+    /// server's CPU seconds and peak RSS, and redis-benchmark's own CPU
+    /// (near 100% of a core: the client set the pace). Needs redis-server and
     /// redis-benchmark (Debian: redis-server, redis-tools) and the latchkey
     /// binary (`cargo build --release -p latchkey-cli`).
     Server(latchkey_bench::server::ServerArgs),
