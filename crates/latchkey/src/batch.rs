@@ -125,7 +125,7 @@ impl WriteBatch {
     /// at least the highest fencing token the store has seen for `lock`,
     /// and that highest token is raised to `token` in the same atomic
     /// batch. Otherwise the whole batch is refused with
-    /// [`Error::StaleToken`](crate::Error::StaleToken), naming both tokens.
+    /// [`crate::Error::StaleToken`], naming both tokens.
     ///
     /// ```
     /// # fn main() -> latchkey::Result<()> {

@@ -370,7 +370,10 @@ impl Segment {
                 if n > 0 && (stop - start > LIVE_READ || offset.saturating_sub(end) >= LIVE_GAP) {
                     break;
                 }
-                if offset < end || offset < crate::log::FILE_HEADER_LEN {
+                if offset < crate::log::FILE_HEADER_LEN {
+                    return Err(damage(offset, "the index points into the file header".into()));
+                }
+                if offset < end {
                     return Err(damage(offset, "records the index points at overlap".into()));
                 }
                 end = stop;

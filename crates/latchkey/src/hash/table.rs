@@ -114,20 +114,22 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl KeyTable {
-    /// Encodes a table of `entries` (keys must be distinct) as file bytes,
-    /// or `None` if it cannot be written in this layout: keys adding up to
-    /// 4 GiB or more, more than 65,535 segments, or a record offset at or
-    /// past 2^48. (Then the merge writes no table and startup reads the
-    /// data segments instead.)
+    /// [`KeyTable::encode_covering`] with no extra segments, no sequence
+    /// number floor and a new buffer (for tests).
     #[cfg(test)]
     pub(crate) fn encode(entries: &[(Box<[u8]>, Loc)]) -> Option<Vec<u8>> {
         Self::encode_covering(entries, &[], 0, Vec::with_capacity)
     }
 
-    /// Like [`KeyTable::encode`], for a table that also covers the segments
-    /// `covers` (which may hold no live entry) and records `max_seq` as the
-    /// highest sequence number used (if above every entry's), into an empty
-    /// buffer that `alloc` gives with room for the given number of bytes.
+    /// Encodes a table of `entries` (keys must be distinct) as file bytes,
+    /// or `None` if it cannot be written in this layout: keys adding up to
+    /// 4 GiB or more, more than 65,535 segments, or a record offset at or
+    /// past 2^48. (Then the merge writes no table and startup reads the
+    /// data segments instead.) The table also covers the segments `covers`
+    /// (which may hold no live entry) and records `max_seq` as the highest
+    /// sequence number used (if above every entry's). The bytes go into the
+    /// buffer `alloc` gives for the size it is asked for (emptied first);
+    /// it is not called when the table cannot be written.
     pub(crate) fn encode_covering(
         entries: &[(Box<[u8]>, Loc)],
         covers: &[SegId],
@@ -203,7 +205,7 @@ impl KeyTable {
             && h == file_header(FileKind::OldKeyTable)
     }
 
-    /// Verifies encoded table bytes (as [`KeyTable::encode`] made them) that
+    /// Verifies encoded table bytes (as [`KeyTable::encode_covering`] made them) that
     /// belong to the file at `path`.
     pub(crate) fn from_bytes(path: &Path, buf: Vec<u8>) -> Result<KeyTable> {
         Self::parse(path, buf)
