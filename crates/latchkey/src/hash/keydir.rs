@@ -244,14 +244,11 @@ impl KeyDir {
     /// to 34 ms per merge with 100k keys in the overlay.
     fn count_live(&self, mut live: BTreeMap<SegId, u64>) -> BTreeMap<SegId, u64> {
         let mut batch: Vec<(&[u8], &Slot)> = Vec::with_capacity(32);
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(32);
         let mut entries = self.overlay.iter().peekable();
         while entries.peek().is_some() {
             batch.clear();
             batch.extend(entries.by_ref().take(32).map(|(k, s)| (&k[..], s)));
-            keys.clear();
-            keys.extend(batch.iter().map(|(k, _)| *k));
-            self.base.touch(&keys);
+            self.base.touch(batch.iter().map(|(k, _)| *k));
             for &(k, slot) in &batch {
                 if let Some(hidden) = self.base.get(k) {
                     if let Some(l) = live.get_mut(&hidden.seg) {

@@ -409,21 +409,12 @@ fn live_record(buf: &[u8], checked_before: bool) -> std::result::Result<codec::R
 /// The value of the put record that is exactly `buf`, if it is `key`'s;
 /// the reason if `buf` is not one whole put record.
 pub(crate) fn value_of(buf: &[u8], key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
-    let (rec, n) = codec::decode(buf).map_err(|e| e.to_string())?;
-    put_value(rec, n == buf.len(), key)
+    live_record(buf, false).map(|rec| (rec.key == key).then(|| rec.value.to_vec()))
 }
 
 /// Like [`value_of`], for a record whose checksum [`check_records`] checked.
 fn value_of_checked(buf: &[u8], key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
-    let (rec, n) = codec::decode_checked_before(buf).map_err(|e| e.to_string())?;
-    put_value(rec, n == buf.len(), key)
-}
-
-fn put_value(rec: codec::Record<'_>, whole: bool, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, String> {
-    if !whole || rec.kind != Kind::Put {
-        return Err("record is not the one the index points at".into());
-    }
-    Ok((rec.key == key).then(|| rec.value.to_vec()))
+    live_record(buf, true).map(|rec| (rec.key == key).then(|| rec.value.to_vec()))
 }
 
 /// Checks every record of a sealed segment's bytes (after its file

@@ -37,6 +37,8 @@
 
 use std::path::Path;
 
+use smallvec::SmallVec;
+
 use super::keydir::Loc;
 use super::segment::SegId;
 use crate::error::{Error, Result};
@@ -330,12 +332,13 @@ impl KeyTable {
     /// slot names, so that the cache misses of the [`KeyTable::get`]s that
     /// follow overlap instead of following one another (each `get` waits
     /// for its slot, then for the key bytes). A hint: nothing changes.
-    pub(crate) fn touch(&self, keys: &[&[u8]]) {
+    pub(crate) fn touch<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
         if self.count == 0 {
             return;
         }
         let mut acc = 0u32;
-        let homes: Vec<usize> = keys.iter().map(|k| self.slots_at + home(hash(k), self.bits).0 * SLOT_LEN).collect();
+        let homes: SmallVec<[usize; 32]> =
+            keys.into_iter().map(|k| self.slots_at + home(hash(k), self.bits).0 * SLOT_LEN).collect();
         for &at in &homes {
             acc ^= u32_at(&self.buf, at + 4);
         }
@@ -462,7 +465,7 @@ mod tests {
             // Touching keys first (present, absent, empty) changes no answer.
             let mut keys: Vec<&[u8]> = chunk.iter().map(|(k, _)| &k[..]).collect();
             keys.extend([&b"absent"[..], b""]);
-            t.touch(&keys);
+            t.touch(keys);
             for (k, l) in chunk {
                 assert_eq!(t.get(k), Some(Loc { seq: 0, ..*l }));
             }
@@ -532,7 +535,7 @@ mod tests {
     #[test]
     fn an_empty_table_works() {
         let t = KeyTable::parse(Path::new("t"), KeyTable::encode(&[]).unwrap()).unwrap();
-        t.touch(&[b"x"]);
+        t.touch([&b"x"[..]]);
         assert_eq!((t.len(), t.get(b"x")), (0, None));
     }
 }
